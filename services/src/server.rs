@@ -1,0 +1,309 @@
+//! Assembles and runs the server: the data directory, the store and its migrations, then the
+//! tower stack every call goes through, in the order DESIGN.md gives:
+//!
+//! 1. request id and the call's tracing span (outermost, so every later log line has it);
+//! 2. CORS and gRPC-Web translation, so browsers reach the same services on the same port;
+//! 3. load shedding over a global concurrency limit (RESOURCE_EXHAUSTED when full), deadlines
+//!    from `grpc-timeout` (tonic), and the request message size limit;
+//! 4. the services: health, reflection (v1 and v1alpha), and the platform services; a call to
+//!    a contract method that has no implementation yet answers UNIMPLEMENTED, naming it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::contract;
+use crate::limits::MessageSizeLimitLayer;
+use crate::request_id::RequestIdLayer;
+use crate::store::{OpenError, PoolSettings, Store};
+
+/// Why the server could not start. Each is an operator's configuration problem: exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("data directory {path} is not usable: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+}
+
+/// Why a running server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("server failed: {0}")]
+pub struct ServeError(#[from] tonic::transport::Error);
+
+/// A server that has opened its store and bound its port, ready to run.
+pub struct App {
+    config: Config,
+    store: Store,
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    routes: Routes,
+    health: HealthReporter,
+}
+
+impl App {
+    /// Prepares the data directory, opens and migrates the store, and binds the listen address.
+    pub async fn build(config: Config) -> Result<App, StartError> {
+        prepare_data_dir(&config.data_dir)?;
+        let store = Store::connect(
+            &config.database,
+            &PoolSettings {
+                max_connections: config.db_max_connections,
+                acquire_timeout: config.db_acquire_timeout,
+            },
+        )
+        .await?;
+        let report = store.migrate().await?;
+        info!(
+            database = %store.describe(),
+            applied = ?report.applied,
+            schema_version = ?report.current,
+            "database ready"
+        );
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let routes = routes(health_service)?;
+        Ok(App {
+            config,
+            store,
+            listener,
+            local_addr,
+            routes,
+            health,
+        })
+    }
+
+    /// The bound address (useful when the configured port was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store, for tests that inspect what a call wrote.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, gives in-flight calls the grace
+    /// period to finish, and closes the database.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        let App {
+            config,
+            store,
+            listener,
+            local_addr,
+            routes,
+            health,
+        } = self;
+        let layers = tower::ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(cors_layer(&config.cors_allowed_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .load_shed()
+            .concurrency_limit(config.max_concurrent_requests)
+            .layer(MessageSizeLimitLayer::new(config.max_message_bytes))
+            .into_inner();
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let server = tonic::transport::Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(layers)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        tokio::pin!(server);
+
+        set_serving(&health, ServingStatus::Serving).await;
+        info!(%local_addr, "platformd serving (gRPC, gRPC-Web, reflection, health)");
+
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = shutdown => {
+                info!(grace = ?config.shutdown_grace, "shutting down: no new calls; waiting for in-flight calls");
+                set_serving(&health, ServingStatus::NotServing).await;
+                let _ = stop_tx.send(());
+                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        warn!("grace period over; calls still running are cut off");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        store.close().await;
+        info!("platformd stopped");
+        result.map_err(ServeError)
+    }
+}
+
+/// Marks the server (`""`) and every service of the contract with one status.
+async fn set_serving(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in platform_api::SERVICE_NAMES {
+        health.set_service_status(service, status).await;
+    }
+}
+
+fn routes(
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<Routes, StartError> {
+    let reflection = || {
+        // Both reflection versions describe both, so that grpcurl of any age lists everything.
+        tonic_reflection::server::Builder::configure()
+            .include_reflection_service(false)
+            .register_encoded_file_descriptor_set(platform_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            )
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    let mut builder = Routes::builder();
+    builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let router = builder
+        .routes()
+        .into_axum_router()
+        .fallback(unimplemented_method);
+    Ok(Routes::from(router))
+}
+
+/// Answers calls that no registered service handles: UNIMPLEMENTED, saying whether the method is
+/// part of the contract (and only waiting for its implementation) or does not exist at all.
+async fn unimplemented_method(uri: http::Uri) -> http::Response<tonic::body::Body> {
+    let path = uri.path();
+    let status = match contract::rpc_by_path(path) {
+        Some(rpc) => tonic::Status::unimplemented(format!(
+            "{}.{} is part of the platform API contract but is not implemented by this server version yet",
+            rpc.service, rpc.method
+        )),
+        None => tonic::Status::unimplemented(format!("unknown method `{}`", truncate(path, 200))),
+    };
+    status.into_http()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn cors_layer(allowed_origins: &[String]) -> CorsLayer {
+    let origin = if allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            allowed_origins
+                .iter()
+                .filter_map(|o| http::HeaderValue::from_str(o).ok()),
+        )
+    };
+    let header = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header("authorization"),
+            header("content-type"),
+            header("grpc-timeout"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+            header("x-request-id"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+            header("x-request-id"),
+        ])
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// Creates the data directory if needed and proves that it is writable, so that a bad path is
+/// reported at start-up in one line rather than at the first write.
+fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            warn!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => info!("SIGINT received"),
+        () = terminate => info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,274 @@
+//! The storage layer: one sqlx pool over SQLite (embedded default) or PostgreSQL (at scale),
+//! chosen by the database URL, with migrations for each engine and one transaction helper.
+//!
+//! Queries are written once in the SQL both engines accept (`$1` placeholders, `BIGINT`
+//! microsecond timestamps, `TEXT` for JSON) and run through sqlx's `Any` driver; where the
+//! engines differ (locking, `SKIP LOCKED`), code asks [`Store::engine`].
+//!
+//! Every mutating request runs in exactly one transaction from [`Store::write_tx`], in which the
+//! change and its audit record are written together. On SQLite that transaction is begun
+//! `IMMEDIATE`, taking the write lock up front: a deferred transaction that reads before it
+//! writes fails with `SQLITE_BUSY` when another writer commits in between, which a busy timeout
+//! cannot cure.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Transaction};
+use tracing::instrument;
+
+use crate::config::{DatabaseUrl, redact_url};
+use crate::error::Error;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How long a SQLite writer waits for the write lock before failing with UNAVAILABLE.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The database engine behind a [`Store`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// Pool settings; see `Config` for their defaults and flags.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_connections: Option<u32>,
+    pub acquire_timeout: Duration,
+}
+
+/// A transaction that may write; commit it or it rolls back when dropped.
+pub type WriteTx = Transaction<'static, Any>;
+
+/// The storage handle shared by every service. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+/// Why the store could not be opened at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot migrate the database {url}: {source}")]
+    Migrate {
+        url: String,
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call (empty when the database was already current).
+    pub applied: Vec<i64>,
+    /// The newest version the database is at now.
+    pub current: Option<i64>,
+}
+
+impl Store {
+    /// Opens a pool to the database. Does not migrate; call [`Store::migrate`].
+    pub async fn connect(
+        database: &DatabaseUrl,
+        settings: &PoolSettings,
+    ) -> Result<Self, OpenError> {
+        install_default_drivers();
+        let (url, engine, default_max) = match database {
+            DatabaseUrl::Sqlite(path) => (sqlite_url(path), Engine::Sqlite, 8),
+            DatabaseUrl::Postgres(url) => (url.clone(), Engine::Postgres, 16),
+        };
+        let connect_err = |source| OpenError::Connect {
+            url: format!("{database:?}"),
+            source,
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.max_connections.unwrap_or(default_max))
+            .min_connections(1)
+            .acquire_timeout(settings.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if engine == Engine::Sqlite {
+                        // WAL lets readers run beside the one writer; NORMAL sync is durable in
+                        // WAL mode except for the last transactions on power loss, not on a crash.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute(
+                            format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis())
+                                .as_str(),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(connect_err)?;
+        Ok(Store { pool, engine })
+    }
+
+    /// Applies the engine's pending migrations. Running it again on a current database is a no-op.
+    #[instrument(skip(self), fields(engine = ?self.engine))]
+    pub async fn migrate(&self) -> Result<MigrationReport, OpenError> {
+        let migrator = match self.engine {
+            Engine::Sqlite => &SQLITE_MIGRATIONS,
+            Engine::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let migrate_err = |source| OpenError::Migrate {
+            url: self.describe(),
+            source,
+        };
+        let before = self.applied_versions().await;
+        migrator.run(&self.pool).await.map_err(migrate_err)?;
+        let after = self.applied_versions().await;
+        let applied: Vec<i64> = after
+            .iter()
+            .copied()
+            .filter(|v| !before.contains(v))
+            .collect();
+        Ok(MigrationReport {
+            applied,
+            current: after.iter().copied().max(),
+        })
+    }
+
+    /// Versions recorded in sqlx's migration table; empty before the first migration.
+    async fn applied_versions(&self) -> Vec<i64> {
+        sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The engine, for the few queries whose SQL differs.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The pool, for reads that need no transaction.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Begins the one transaction of a mutating request (`BEGIN IMMEDIATE` on SQLite).
+    pub async fn write_tx(&self) -> Result<WriteTx, Error> {
+        let tx = match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        };
+        tx.map_err(|err| match err {
+            sqlx::Error::Database(db) if is_sqlite_busy(db.code().as_deref()) => {
+                Error::Unavailable {
+                    message: "the database is busy; retry with backoff".to_owned(),
+                }
+            }
+            other => Error::from(other),
+        })
+    }
+
+    /// Waits for connections in use to be returned, then closes them (used at shutdown).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The database for log lines, with any password hidden.
+    pub fn describe(&self) -> String {
+        let url = self.pool.connect_options().database_url.to_string();
+        redact_url(&url)
+    }
+
+    /// Reads one value of the server's own metadata.
+    #[instrument(skip(self))]
+    pub async fn meta_get(&self, key: &str) -> Result<Option<String>, Error> {
+        Ok(
+            sqlx::query_scalar::<_, String>("SELECT value FROM platform_meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Sets `key` to `value` unless it is set already; returns the value now stored.
+    #[instrument(skip(self, tx, value))]
+    pub async fn meta_put_if_absent(
+        &self,
+        tx: &mut WriteTx,
+        key: &str,
+        value: &str,
+    ) -> Result<String, Error> {
+        sqlx::query(
+            "INSERT INTO platform_meta (key, value, update_time_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(now_micros())
+        .execute(&mut **tx)
+        .await?;
+        Ok(
+            sqlx::query_scalar::<_, String>("SELECT value FROM platform_meta WHERE key = $1")
+                .bind(key)
+                .fetch_one(&mut **tx)
+                .await?,
+        )
+    }
+}
+
+/// SQLite's `SQLITE_BUSY` (5) and `SQLITE_LOCKED` (6), with extended codes.
+fn is_sqlite_busy(code: Option<&str>) -> bool {
+    code.and_then(|c| c.parse::<i64>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// Builds the URL of an SQLite file, created if missing, with the path percent-encoded where the
+/// URL syntax would misread it.
+fn sqlite_url(path: &Path) -> String {
+    let mut encoded = String::new();
+    for ch in path.to_string_lossy().chars() {
+        match ch {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            ' ' => encoded.push_str("%20"),
+            other => encoded.push(other),
+        }
+    }
+    format!("sqlite://{encoded}?mode=rwc")
+}
+
+/// Microseconds since the Unix epoch: how every timestamp is stored.
+pub fn now_micros() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths_survive_url_syntax() {
+        assert_eq!(
+            sqlite_url(Path::new("/tmp/a b/p?x#1%.db")),
+            "sqlite:///tmp/a%20b/p%3Fx%231%25.db?mode=rwc"
+        );
+    }
+
+    #[test]
+    fn busy_codes_include_extended_ones() {
+        assert!(is_sqlite_busy(Some("5")));
+        assert!(is_sqlite_busy(Some("517"))); // SQLITE_BUSY_SNAPSHOT
+        assert!(!is_sqlite_busy(Some("19"))); // constraint
+        assert!(!is_sqlite_busy(None));
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: the real platformd (in-process on a loopback port, or the binary as a
+//! process) on a fresh database per test, called over the wire by real clients.
+
+mod support;
+
+mod contract_and_transport;
+mod process;
+mod storage;

@@ -55,6 +55,23 @@ pub struct ServeArgs {
     /// [default: *]. Credentials are bearer tokens, never cookies, so `*` is not a CSRF risk.
     #[arg(long, env = "PLATFORM_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub cors_allowed_origins: Option<Vec<String>>,
+    /// An identity provider's JWKS file (reloaded on SIGHUP); without it only tokens platformd
+    /// signs itself are accepted.
+    #[arg(long, env = "PLATFORM_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Accepted `iss` of identity-provider tokens (comma-separated).
+    #[arg(long, env = "PLATFORM_JWT_ISSUERS", value_delimiter = ',')]
+    pub jwt_issuers: Option<Vec<String>>,
+    /// Algorithms accepted for identity-provider tokens, never taken from a token
+    /// [default: RS256,ES256,EdDSA].
+    #[arg(long, env = "PLATFORM_JWT_ALGORITHMS", value_delimiter = ',')]
+    pub jwt_algorithms: Option<Vec<String>>,
+    /// Required `aud` of every token [default: platform-api].
+    #[arg(long, env = "PLATFORM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock leeway in seconds for `exp` and `nbf` [default: 30].
+    #[arg(long, env = "PLATFORM_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<u64>,
 }
 
 /// The same settings as [`ServeArgs`], as read from the TOML file.
@@ -72,6 +89,11 @@ struct FileConfig {
     db_max_connections: Option<u32>,
     db_acquire_timeout_secs: Option<u64>,
     cors_allowed_origins: Option<Vec<String>>,
+    jwks_file: Option<PathBuf>,
+    jwt_issuers: Option<Vec<String>>,
+    jwt_algorithms: Option<Vec<String>>,
+    jwt_audience: Option<String>,
+    jwt_leeway_secs: Option<u64>,
 }
 
 /// How log lines are written.
@@ -97,6 +119,7 @@ pub struct Config {
     pub db_max_connections: Option<u32>,
     pub db_acquire_timeout: Duration,
     pub cors_allowed_origins: Vec<String>,
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// A database URL whose engine is known. Its `Debug` hides any password.
@@ -282,7 +305,53 @@ impl ServeArgs {
             return Err(ConfigError::new("db-max-connections", "must be at least 1"));
         }
 
+        let mut auth = crate::auth::AuthConfig {
+            algorithms: vec![
+                jsonwebtoken::Algorithm::RS256,
+                jsonwebtoken::Algorithm::ES256,
+                jsonwebtoken::Algorithm::EdDSA,
+            ],
+            ..crate::auth::AuthConfig::default()
+        };
+        if let Some(algorithms) = self.jwt_algorithms.or(file.jwt_algorithms) {
+            auth.algorithms = algorithms
+                .iter()
+                .map(|a| {
+                    a.trim().parse::<jsonwebtoken::Algorithm>().map_err(|_| {
+                        ConfigError::new("jwt-algorithms", format!("`{a}` is not a JWT algorithm"))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            if auth.algorithms.iter().any(|a| {
+                matches!(
+                    a,
+                    jsonwebtoken::Algorithm::HS256
+                        | jsonwebtoken::Algorithm::HS384
+                        | jsonwebtoken::Algorithm::HS512
+                )
+            }) {
+                return Err(ConfigError::new(
+                    "jwt-algorithms",
+                    "HMAC algorithms are refused: a JWKS holds public keys",
+                ));
+            }
+        }
+        if let Some(issuers) = self.jwt_issuers.or(file.jwt_issuers) {
+            auth.issuers = issuers;
+        }
+        if let Some(audience) = self.jwt_audience.or(file.jwt_audience) {
+            auth.audience = audience;
+        }
+        if let Some(leeway) = self.jwt_leeway_secs.or(file.jwt_leeway_secs) {
+            if leeway > 300 {
+                return Err(ConfigError::new("jwt-leeway-secs", "at most 300 seconds"));
+            }
+            auth.leeway = Duration::from_secs(leeway);
+        }
+        auth.jwks_path = self.jwks_file.or(file.jwks_file);
+
         Ok(Config {
+            auth,
             listen,
             data_dir,
             database,

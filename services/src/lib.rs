@@ -1,14 +1,25 @@
 //! platformd: the platform API server, as a library so that tests and tools can start the
 //! real server in-process; `main.rs` is only the command line around it.
 //!
-//! Shared plumbing lives beside the services: `config`, `error`, `store`, `request_id`,
-//! `limits`, `telemetry`, `contract`, and `server`, which assembles them.
+//! One module per service (`iam`, `audit`), each with its handlers and storage queries; shared
+//! plumbing beside them: `auth` (tokens), `authz` (the gate every call passes), `context` (who
+//! is calling), `config`, `error`, `store`, `idempotency`, `names`, `filter`, `pagination`,
+//! `request_id`, `limits`, `telemetry`, `contract`, and `server`, which assembles them.
 
+pub mod audit;
+pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod contract;
 pub mod error;
+pub mod filter;
+pub mod iam;
+pub mod idempotency;
 pub mod limits;
+pub mod names;
+pub mod pagination;
 pub mod request_id;
 pub mod server;
 pub mod store;

@@ -21,8 +21,16 @@ use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use platform_policy::PolicyEngine;
+
+use crate::audit::{AuditLog, AuditService};
+use crate::auth::{Authenticator, SigningKey};
+use crate::authz::Gate;
 use crate::config::{Config, ConfigError};
 use crate::contract;
+use crate::iam::{self, IamService};
 use crate::limits::MessageSizeLimitLayer;
 use crate::request_id::RequestIdLayer;
 use crate::store::{OpenError, PoolSettings, Store};
@@ -46,6 +54,12 @@ pub enum StartError {
     },
     #[error("cannot build the reflection service: {0}")]
     Reflection(String),
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("authorization policy: {0}")]
+    Policy(String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
 }
 
 /// Why a running server stopped with an error.
@@ -61,7 +75,14 @@ pub struct App {
     local_addr: SocketAddr,
     routes: Routes,
     health: HealthReporter,
+    authenticator: Arc<Authenticator>,
+    gate: Gate,
 }
+
+/// Where the first start writes the platform-admin credential.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-admin.token";
+/// The subject of the bootstrap credential (`user:bootstrap-admin`).
+pub const BOOTSTRAP_SUBJECT: &str = "bootstrap-admin";
 
 impl App {
     /// Prepares the data directory, opens and migrates the store, and binds the listen address.
@@ -92,8 +113,49 @@ impl App {
             addr: config.listen,
             source,
         })?;
+        let signing_key = SigningKey::load_or_create(&config.data_dir)
+            .map_err(|e| StartError::Auth(e.to_string()))?;
+        let authenticator = Arc::new(
+            Authenticator::new(config.auth.clone(), signing_key)
+                .map_err(|e| StartError::Auth(e.to_string()))?,
+        );
+        let revoked = iam::load_revoked_tokens(&store)
+            .await
+            .map_err(|e| StartError::Policy(e.to_string()))?;
+        authenticator.set_revoked(revoked);
+        let snapshot = iam::load_policy(&store)
+            .await
+            .map_err(|e| StartError::Policy(e.to_string()))?;
+        let policy = Arc::new(
+            PolicyEngine::new(snapshot)
+                .await
+                .map_err(|e| StartError::Policy(e.to_string()))?,
+        );
+        let audit = AuditLog::new(store.clone());
+        let gate = Gate::new(authenticator.clone(), policy, audit.clone(), store.clone())
+            .map_err(StartError::Policy)?;
+        bootstrap(&config, &store, &audit, &authenticator).await?;
+
         let (health, health_service) = tonic_health::server::health_reporter();
-        let routes = routes(health_service)?;
+        let mut routes = routes(health_service)?;
+        let iam = IamService::new(
+            store.clone(),
+            audit.clone(),
+            gate.clone(),
+            authenticator.clone(),
+        );
+        let audit_service = AuditService::new(store.clone(), audit);
+        routes = routes
+            .add_service(
+                platform_api::platform::iam::v1::iam_service_server::IamServiceServer::new(iam)
+                    .max_decoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                platform_api::platform::audit::v1::audit_service_server::AuditServiceServer::new(
+                    audit_service,
+                )
+                .max_decoding_message_size(config.max_message_bytes),
+            );
         Ok(App {
             config,
             store,
@@ -101,6 +163,8 @@ impl App {
             local_addr,
             routes,
             health,
+            authenticator,
+            gate,
         })
     }
 
@@ -114,6 +178,16 @@ impl App {
         &self.store
     }
 
+    /// The authenticator, for tests and tools that issue tokens in-process.
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authenticator
+    }
+
+    /// The authorization gate (and through it the policy engine).
+    pub fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, gives in-flight calls the grace
     /// period to finish, and closes the database.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
@@ -124,7 +198,10 @@ impl App {
             local_addr,
             routes,
             health,
+            authenticator,
+            gate,
         } = self;
+        tokio::spawn(reload_on_sighup(authenticator));
         let layers = tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(cors_layer(&config.cors_allowed_origins))
@@ -132,6 +209,7 @@ impl App {
             .load_shed()
             .concurrency_limit(config.max_concurrent_requests)
             .layer(MessageSizeLimitLayer::new(config.max_message_bytes))
+            .layer(gate)
             .into_inner();
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -169,6 +247,114 @@ impl App {
         info!("platformd stopped");
         result.map_err(ServeError)
     }
+}
+
+/// On the first start on an empty database, creates the platform-admin credential: a token for
+/// `user:bootstrap-admin` carrying the platform-admin role, written to
+/// `<data-dir>/bootstrap-admin.token` (mode 0600). Only its path is logged, never the token.
+/// Replicas race safely: the one whose transaction records the bootstrap first writes the file.
+async fn bootstrap(
+    config: &Config,
+    store: &Store,
+    audit: &AuditLog,
+    authenticator: &Authenticator,
+) -> Result<(), StartError> {
+    let fail = |e: &dyn std::fmt::Display| StartError::Bootstrap(e.to_string());
+    if store
+        .meta_get("bootstrap_time")
+        .await
+        .map_err(|e| fail(&e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let ttl = Duration::from_secs(365 * 24 * 3600);
+    let (token, claims) = authenticator
+        .issue(
+            BOOTSTRAP_SUBJECT,
+            None,
+            &["platform-admin".to_owned()],
+            ttl,
+            None,
+        )
+        .map_err(|e| fail(&e))?;
+    let jti = claims.jti.clone().unwrap_or_default();
+    let now = crate::store::now_micros();
+    let mut tx = store.write_tx().await.map_err(|e| fail(&e))?;
+    let stored = store
+        .meta_put_if_absent(&mut tx, "bootstrap_time", &now.to_string())
+        .await
+        .map_err(|e| fail(&e))?;
+    if stored != now.to_string() {
+        return Ok(()); // another replica bootstrapped first
+    }
+    sqlx::query(
+        "INSERT INTO iam_tokens (jti, tenant, service_account, subject, display_name, issuer, issue_time_us, expire_time_us, revoke_time_us, revoke_reason) \
+         VALUES ($1, '', '', $2, 'bootstrap platform-admin credential', $3, $4, $5, NULL, '')",
+    )
+    .bind(&jti)
+    .bind(format!("user:{BOOTSTRAP_SUBJECT}"))
+    .bind(crate::context::SYSTEM_PRINCIPAL)
+    .bind(now)
+    .bind(i64::try_from(claims.exp).unwrap_or(i64::MAX / 1_000_000).saturating_mul(1_000_000))
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| fail(&e))?;
+    let ctx =
+        crate::context::CallContext::system("platformd:bootstrap", "iam.tokens.issue", None, "");
+    let record = crate::audit::AuditRecord::of_call(
+        &ctx,
+        crate::audit::Outcome::Allowed,
+        tonic::Code::Ok,
+        &["bootstrap_admin_token"],
+    );
+    audit.append(&mut tx, &record).await.map_err(|e| fail(&e))?;
+    let path = config.data_dir.join(BOOTSTRAP_TOKEN_FILE);
+    write_secret_file(&path, token.as_bytes())
+        .map_err(|e| fail(&format!("writing {}: {e}", path.display())))?;
+    tx.commit().await.map_err(|e| fail(&e))?;
+    info!(path = %path.display(), "first start: a platform-admin token was written to this file (mode 0600); it is not logged");
+    Ok(())
+}
+
+/// Writes a file only its owner can read (0600), replacing an older one.
+pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    options.mode(0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reloads the identity provider's keys on SIGHUP.
+async fn reload_on_sighup(authenticator: Arc<Authenticator>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            warn!("cannot listen for SIGHUP; JWKS reloads need a restart");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            match authenticator.reload_jwks() {
+                Ok(()) => info!("SIGHUP: identity provider keys reloaded"),
+                Err(err) => {
+                    warn!(error = %err, "SIGHUP: keeping the previous identity provider keys")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = authenticator;
 }
 
 /// Marks the server (`""`) and every service of the contract with one status.

@@ -4,5 +4,6 @@
 mod support;
 
 mod contract_and_transport;
+mod iam_audit;
 mod process;
 mod storage;

@@ -173,6 +173,9 @@ pub fn with_database(url: &str, database: &str) -> String {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub store: platformd::store::Store,
+    pub authenticator: std::sync::Arc<platformd::auth::Authenticator>,
+    /// The platform-admin token the first start wrote to the data dir.
+    pub admin_token: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), platformd::server::ServeError>>>,
 }
@@ -183,9 +186,12 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
+        let config_dir = config.data_dir.clone();
         let app = platformd::App::build(config).await.expect("server starts");
         let addr = app.local_addr();
         let store = app.store().clone();
+        let authenticator = app.authenticator().clone();
+        let admin_token = read_bootstrap_token(&config_dir);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -193,6 +199,8 @@ impl TestServer {
         let server = TestServer {
             addr,
             store,
+            authenticator,
+            admin_token,
             stop: Some(stop),
             task: Some(task),
         };
@@ -202,6 +210,20 @@ impl TestServer {
 
     pub async fn client(&self) -> TestClient {
         TestClient::connect(self.addr).await
+    }
+
+    /// A client that calls as the bootstrap platform-admin.
+    pub async fn admin(&self) -> TestClient {
+        self.client().await.with_token(&self.admin_token)
+    }
+
+    /// A client that calls as `user:{subject}` (a token signed by the server, no role grants).
+    pub async fn user(&self, subject: &str) -> TestClient {
+        let (token, _) = self
+            .authenticator
+            .issue(subject, None, &[], Duration::from_secs(3600), None)
+            .expect("issue a user token");
+        self.client().await.with_token(&token)
     }
 
     /// Shuts down gracefully and returns how the server ended.
@@ -225,9 +247,18 @@ impl Drop for TestServer {
     }
 }
 
+/// Reads the bootstrap platform-admin token a first start writes.
+pub fn read_bootstrap_token(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join(platformd::server::BOOTSTRAP_TOKEN_FILE))
+        .expect("bootstrap token file")
+        .trim()
+        .to_owned()
+}
+
 /// A client of a running server, one method per call the tests make.
 pub struct TestClient {
     pub channel: Channel,
+    pub token: Option<String>,
 }
 
 impl TestClient {
@@ -237,11 +268,48 @@ impl TestClient {
             .connect_timeout(Duration::from_secs(5));
         for _ in 0..100 {
             if let Ok(channel) = endpoint.connect().await {
-                return TestClient { channel };
+                return TestClient {
+                    channel,
+                    token: None,
+                };
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("cannot connect to {addr}");
+    }
+
+    /// The same connection, calling with a bearer token.
+    pub fn with_token(mut self, token: &str) -> TestClient {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Wraps a message in a request carrying this client's token.
+    pub fn req<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = &self.token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii token"),
+            );
+        }
+        request
+    }
+
+    pub fn iam(
+        &self,
+    ) -> platform_api::platform::iam::v1::iam_service_client::IamServiceClient<Channel> {
+        platform_api::platform::iam::v1::iam_service_client::IamServiceClient::new(
+            self.channel.clone(),
+        )
+    }
+
+    pub fn audit(
+        &self,
+    ) -> platform_api::platform::audit::v1::audit_service_client::AuditServiceClient<Channel> {
+        platform_api::platform::audit::v1::audit_service_client::AuditServiceClient::new(
+            self.channel.clone(),
+        )
     }
 
     pub async fn health_check(&self, service: &str) -> Result<ServingStatus, tonic::Status> {
@@ -299,7 +367,7 @@ impl TestClient {
         grpc.ready()
             .await
             .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let mut request = tonic::Request::new(message);
+        let mut request = self.req(message);
         for (key, value) in metadata {
             request
                 .metadata_mut()

@@ -2,16 +2,21 @@
 //!
 //! # How a decision is made
 //!
-//! Casbin evaluates its matcher against every policy line of an enforcer, one after the other, so
-//! the cost of a decision grows with the number of lines (30–70 µs with about 120 lines on the
-//! reference machine, and linearly beyond). A platform with thousands of tenants has hundreds of
-//! thousands of lines, so the engine keeps **one Casbin enforcer per tenant** (a Casbin domain:
-//! that tenant's bindings, group memberships and custom roles) plus one **platform enforcer**
-//! holding the platform bindings (tenant `*`). A decision in tenant `t` asks the platform
-//! enforcer, then `t`'s; a platform-scope decision asks only the platform enforcer. All of them
-//! use the same model (`policy/model.conf`); built-in roles (domain `*` of `g2`) are answered by a
-//! shared, read-only table loaded from `policy/roles.toml` instead of being copied into every
-//! tenant (see [`ShardRoleManager`]).
+//! Casbin evaluates its matcher against every `p` line of an enforcer, one after the other (about
+//! 1 µs per line on the reference machine), so the cost of a decision grows with the number of
+//! lines. Two things keep that number small:
+//!
+//! - the model's `p` lines are *grants* (a role on a scope), not bindings: a binding is a `g` link
+//!   from its principal to a grant, found through the role manager's hash index; principals bound
+//!   to the same role on the same scope share one grant line (see `policy/model.conf`);
+//! - the engine keeps **one Casbin enforcer per tenant** (a Casbin domain: that tenant's grants,
+//!   links, memberships and custom roles) plus one **platform enforcer** holding the platform
+//!   bindings (tenant `*`). A decision in tenant `t` asks the platform enforcer, then `t`'s; a
+//!   platform-scope decision asks only the platform enforcer.
+//!
+//! All enforcers use the same model (`policy/model.conf`); built-in roles (domain `*` of `g2`) are
+//! answered by a shared, read-only table loaded from `policy/roles.toml` instead of being copied
+//! into every tenant (see `ShardRoleManager`).
 //!
 //! # The decision cache, and why it is exact
 //!
@@ -184,8 +189,8 @@ struct Shard {
     enforcer: Enforcer,
     /// The global generation at this shard's last change (0: never changed).
     stamp: u64,
-    /// Number of `p` lines, to skip empty shards.
-    bindings: usize,
+    /// Grant id → number of bindings (`g` links) to it; a grant line lives while it is bound.
+    grants: HashMap<String, usize>,
 }
 
 struct State {
@@ -213,11 +218,15 @@ impl State {
     ) -> bool {
         let domain = tenant.unwrap_or(PLATFORM_DOMAIN);
         let request = (principal, domain, resource, permission);
-        if self.platform.bindings > 0 && self.platform.enforcer.enforce(request).unwrap_or(false) {
+        if !self.platform.grants.is_empty()
+            && self.platform.enforcer.enforce(request).unwrap_or(false)
+        {
             return true;
         }
         match tenant.and_then(|t| self.tenants.get(t)) {
-            Some(shard) if shard.bindings > 0 => shard.enforcer.enforce(request).unwrap_or(false),
+            Some(shard) if !shard.grants.is_empty() => {
+                shard.enforcer.enforce(request).unwrap_or(false)
+            }
             _ => false,
         }
     }
@@ -242,7 +251,7 @@ impl PolicyEngine {
         let platform = Shard {
             enforcer: new_enforcer(&template, &builtins).await?,
             stamp: 0,
-            bindings: 0,
+            grants: HashMap::new(),
         };
         let engine = Self {
             template,
@@ -271,9 +280,30 @@ impl PolicyEngine {
 
     /// Replaces the whole policy with `snapshot` (a full reload from the database). Invalid
     /// entries fail the whole reload and leave the policy as it was. The new policy is built
-    /// aside and swapped in at once; changes made concurrently through the incremental methods
-    /// are overwritten (serialize reloads with them).
+    /// aside and swapped in at once; changes made meanwhile through the incremental methods are
+    /// overwritten: for periodic reloads use [`PolicyEngine::replace_if_unchanged`].
     pub async fn replace(&self, snapshot: PolicySnapshot) -> Result<(), PolicyError> {
+        self.swap_in(snapshot, None).await.map(|_| ())
+    }
+
+    /// Replaces the whole policy with `snapshot` only if no change was applied since
+    /// [`PolicyEngine::generation`] returned `generation`; returns whether it did. Read the
+    /// generation *before* reading the snapshot from the database: a binding revoked (in the
+    /// database and here) while the snapshot was read is then never brought back by a reload of
+    /// the older snapshot. On `false`, read again (or rely on the incremental changes).
+    pub async fn replace_if_unchanged(
+        &self,
+        snapshot: PolicySnapshot,
+        generation: u64,
+    ) -> Result<bool, PolicyError> {
+        self.swap_in(snapshot, Some(generation)).await
+    }
+
+    async fn swap_in(
+        &self,
+        snapshot: PolicySnapshot,
+        expected_generation: Option<u64>,
+    ) -> Result<bool, PolicyError> {
         let PolicySnapshot {
             bindings,
             memberships,
@@ -304,32 +334,33 @@ impl PolicyEngine {
         for b in bindings {
             validate_binding(&b, &self.builtins, |name| roles.contains_key(name))?;
             match &b.tenant {
-                None => platform_lines.push(rule_of(&b)),
-                Some(t) => {
-                    let rule = rule_of(&b);
-                    per_tenant.entry(t.clone()).or_default().p.push(rule);
-                }
+                None => platform_lines.push(b),
+                Some(t) => per_tenant.entry(t.clone()).or_default().bindings.push(b),
             }
         }
 
         let mut platform = Shard {
             enforcer: new_enforcer(&self.template, &self.builtins).await?,
             stamp: 0,
-            bindings: 0,
+            grants: HashMap::new(),
         };
-        platform.load(platform_lines, Vec::new(), Vec::new())?;
+        platform.load(&platform_lines, Vec::new(), Vec::new())?;
         let mut tenants = HashMap::with_capacity(per_tenant.len());
         for (tenant, lines) in per_tenant {
             let mut shard = Shard {
                 enforcer: new_enforcer(&self.template, &self.builtins).await?,
                 stamp: 0,
-                bindings: 0,
+                grants: HashMap::new(),
             };
-            shard.load(lines.p, lines.g, lines.g2)?;
+            shard.load(&lines.bindings, lines.g, lines.g2)?;
+            shard.prime(&tenant);
             tenants.insert(tenant, shard);
         }
 
         let mut state = self.state.write();
+        if expected_generation.is_some_and(|g| g != self.generation()) {
+            return Ok(false);
+        }
         let stamp = self.bump();
         platform.stamp = stamp;
         for shard in tenants.values_mut() {
@@ -342,7 +373,7 @@ impl PolicyEngine {
         };
         drop(state);
         self.cache.clear();
-        Ok(())
+        Ok(true)
     }
 
     /// Makes sure tenant `tenant` has an enforcer (creating one needs an `await`, which cannot
@@ -363,7 +394,7 @@ impl PolicyEngine {
                     .or_insert(Shard {
                         enforcer,
                         stamp: 0,
-                        bindings: 0,
+                        grants: HashMap::new(),
                     });
             }
             let mut guard = self.state.write();
@@ -388,12 +419,11 @@ impl PolicyEngine {
     }
 
     async fn change_binding(&self, binding: &Binding, add: bool) -> Result<(), PolicyError> {
-        let rule = rule_of(binding);
         match &binding.tenant {
             None => {
                 validate_binding(binding, &self.builtins, |_| false)?;
                 let mut state = self.state.write();
-                state.platform.change_p(rule, add);
+                state.platform.change_binding(binding, add)?;
                 state.platform.stamp = self.bump();
                 Ok(())
             }
@@ -408,8 +438,7 @@ impl PolicyEngine {
                             custom_roles.contains_key(name)
                         })?;
                     }
-                    shard.change_p(rule.clone(), add);
-                    Ok(())
+                    shard.change_binding(binding, add)
                 })
                 .await
             }
@@ -515,6 +544,8 @@ impl PolicyEngine {
             return allowed;
         }
         let allowed = match kind {
+            // Only plain names reach Casbin inside a tenant (scopes are compared as strings).
+            _ if tenant.is_some() && !is_plain_name(resource) => false,
             Kind::Exact => state.decide(principal, tenant, resource, permission),
             Kind::Within => {
                 self.decide_cached(state, Kind::Exact, principal, tenant, resource, permission)
@@ -591,23 +622,20 @@ impl PolicyEngine {
         let Some(shard) = state.tenants.get(tenant) else {
             return Vec::new();
         };
-        let mut subjects: HashSet<String> = shard
-            .enforcer
-            .get_role_manager()
-            .read()
-            .get_roles(principal, Some(tenant))
-            .into_iter()
-            .collect();
-        subjects.insert(principal.to_owned());
+        // The scopes of the grants the principal reaches (directly or through a group)...
+        let rm = shard.enforcer.get_role_manager();
+        let rm = rm.read();
         let mut candidates: BTreeSet<&str> = BTreeSet::new();
         for rule in shard.rules("p", "p") {
-            if let (Some(sub), Some(scope)) = (rule.first(), rule.get(2))
+            if let (Some(grant), Some(scope)) = (rule.first(), rule.get(2))
                 && !scope.is_empty()
-                && subjects.contains(sub.as_str())
+                && rm.has_link(principal, grant, Some(tenant))
             {
                 candidates.insert(scope.as_str());
             }
         }
+        drop(rm);
+        // ...on which Casbin allows the permission.
         candidates
             .into_iter()
             .filter(|scope| state.decide(principal, Some(tenant), scope, permission))
@@ -659,7 +687,12 @@ fn checked_request<'a>(
     resource: &'a str,
     permission: &str,
 ) -> Option<Cow<'a, str>> {
-    if principal.is_empty() || !is_known_permission(permission) {
+    // Only principals are asked about: a grant id, a role or a permission name posing as a
+    // principal would reach itself in the role manager.
+    let principal_ok = ["user:", "serviceAccount:", "group:"]
+        .iter()
+        .any(|prefix| principal.len() > prefix.len() && principal.starts_with(prefix));
+    if !principal_ok || !is_known_permission(permission) {
         return None;
     }
     match tenant {
@@ -675,9 +708,17 @@ fn checked_request<'a>(
                 .strip_prefix("tenants/")
                 .and_then(|rest| rest.strip_prefix(t))
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+            // (Whether the name is plain is checked on a cache miss: see `decide_cached`.)
             inside.then_some(Cow::Borrowed(resource))
         }
     }
+}
+
+/// A resource name without empty, `.` or `..` segments: scopes are compared as strings, so
+/// `tenants/a/environments/prod/../staging` must never reach a decision.
+fn is_plain_name(name: &str) -> bool {
+    name.split('/')
+        .all(|segment| !segment.is_empty() && segment != "." && segment != "..")
 }
 
 fn valid_tenant_id(tenant: &str) -> bool {
@@ -698,7 +739,7 @@ fn cache_key(
     );
     key.push(kind as u8);
     let mut field = |s: &str| {
-        key.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        key.extend_from_slice(&(s.len() as u64).to_le_bytes());
         key.extend_from_slice(s.as_bytes());
     };
     field(principal);
@@ -714,21 +755,23 @@ fn cache_key(
     key
 }
 
-/// The Casbin `p` line of a binding: `sub, dom, scope, role`.
-fn rule_of(b: &Binding) -> Vec<String> {
-    vec![
-        b.principal.clone(),
-        b.tenant
-            .clone()
-            .unwrap_or_else(|| PLATFORM_DOMAIN.to_owned()),
-        b.scope.clone(),
-        b.role.clone(),
-    ]
+/// A binding's Casbin lines: its grant (`p, grant:{role}@{scope}, dom, scope, role`) and its
+/// link (`g, principal, grant:{role}@{scope}, dom`). Role names never contain `@` (they are
+/// validated), so the grant id is unique per (role, scope).
+fn lines_of(b: &Binding) -> (String, Vec<String>, Vec<String>) {
+    let domain = b
+        .tenant
+        .clone()
+        .unwrap_or_else(|| PLATFORM_DOMAIN.to_owned());
+    let grant = format!("grant:{}@{}", b.role, b.scope);
+    let link = vec![b.principal.clone(), grant.clone(), domain.clone()];
+    let line = vec![grant.clone(), domain, b.scope.clone(), b.role.clone()];
+    (grant, line, link)
 }
 
 #[derive(Default)]
 struct TenantLines {
-    p: Vec<Vec<String>>,
+    bindings: Vec<Binding>,
     g: Vec<Vec<String>>,
     g2: Vec<Vec<String>>,
 }
@@ -765,13 +808,20 @@ impl Shard {
     /// Bulk load into a fresh shard.
     fn load(
         &mut self,
-        p: Vec<Vec<String>>,
+        bindings: &[Binding],
         g: Vec<Vec<String>>,
         g2: Vec<Vec<String>>,
     ) -> Result<(), PolicyError> {
         let model = self.enforcer.get_mut_model();
-        for rule in p {
-            model.add_policy("p", "p", rule);
+        for b in bindings {
+            let (id, grant, link) = lines_of(b);
+            if model.add_policy("g", "g", link) {
+                let count = self.grants.entry(id).or_insert(0);
+                if *count == 0 {
+                    model.add_policy("p", "p", grant);
+                }
+                *count += 1;
+            }
         }
         for rule in g {
             model.add_policy("g", "g", rule);
@@ -779,26 +829,40 @@ impl Shard {
         for rule in g2 {
             model.add_policy("g", "g2", rule);
         }
-        self.bindings = self.rules("p", "p").count();
         self.enforcer
             .build_role_links()
             .map_err(|e| PolicyError::Model(e.to_string()))
     }
 
-    fn change_p(&mut self, rule: Vec<String>, add: bool) {
+    /// Makes one throw-away decision, so that the script engine's lazily built lookups are ready
+    /// before the first real request (the first decision of an enforcer is several times slower).
+    fn prime(&self, domain: &str) {
+        let _ = self
+            .enforcer
+            .enforce(("user:", domain, "", "catalog.entities.get"));
+    }
+
+    /// Adds or removes a binding: its link, and its grant line when it is the grant's first or
+    /// last binding.
+    fn change_binding(&mut self, binding: &Binding, add: bool) -> Result<(), PolicyError> {
+        let (id, grant, link) = lines_of(binding);
         let model = self.enforcer.get_mut_model();
-        let changed = if add {
-            model.add_policy("p", "p", rule)
-        } else {
-            model.remove_policy("p", "p", rule)
-        };
-        if changed {
-            if add {
-                self.bindings += 1;
-            } else {
-                self.bindings = self.bindings.saturating_sub(1);
-            }
+        if model.has_policy("g", "g", link.clone()) == add {
+            return Ok(());
         }
+        let linked = self.grants.get(&id).copied().unwrap_or(0);
+        if add {
+            if linked == 0 {
+                model.add_policy("p", "p", grant);
+            }
+            self.grants.insert(id, linked + 1);
+        } else if linked <= 1 {
+            model.remove_policy("p", "p", grant);
+            self.grants.remove(&id);
+        } else {
+            self.grants.insert(id, linked - 1);
+        }
+        self.change_g("g", link, add)
     }
 
     /// Adds or removes a `g`/`g2` line, in the model and in the role manager.
@@ -855,7 +919,9 @@ fn validate_binding_shape(b: &Binding) -> Result<(), PolicyError> {
                 return Err(invalid_binding(b, "bad tenant id"));
             }
             validate_principal(&b.principal, t).map_err(|why| invalid_binding(b, &why))?;
-            if !b.scope.is_empty() && !scope_covers(&format!("tenants/{t}"), &b.scope) {
+            let scope_ok = b.scope.is_empty()
+                || (scope_covers(&format!("tenants/{t}"), &b.scope) && is_plain_name(&b.scope));
+            if !scope_ok {
                 return Err(invalid_binding(
                     b,
                     "the scope is not a resource of the binding's tenant",
@@ -954,7 +1020,12 @@ fn custom_role_tenant(name: &str) -> Result<&str, PolicyError> {
     let rest = name.strip_prefix("tenants/").ok_or_else(bad)?;
     let (tenant, rest) = rest.split_once('/').ok_or_else(bad)?;
     let id = rest.strip_prefix("roles/").ok_or_else(bad)?;
-    if !valid_tenant_id(tenant) || id.is_empty() || id.contains('/') {
+    // A lowercase DNS label: in particular no `/` and no `@` (grant ids rely on it).
+    let id_ok = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid_tenant_id(tenant) || !id_ok {
         return Err(bad());
     }
     Ok(tenant)
@@ -1025,10 +1096,6 @@ impl RoleManager for ShardRoleManager {
 
     fn add_link(&mut self, name1: &str, name2: &str, domain: Option<&str>) {
         let domain = domain.unwrap_or(DEFAULT_RM_DOMAIN);
-        if domain == PLATFORM_DOMAIN {
-            // Built-in roles are read-only: they come from roles.toml.
-            return;
-        }
         self.links
             .entry(domain.to_owned())
             .or_default()
@@ -1071,32 +1138,39 @@ impl RoleManager for ShardRoleManager {
             return true;
         }
         let domain = domain.unwrap_or(DEFAULT_RM_DOMAIN);
-        if domain == PLATFORM_DOMAIN {
-            return self.builtins.includes(name1, name2);
-        }
-        let Some(names) = self.links.get(domain) else {
-            return false;
-        };
-        let Some(first) = names.get(name1) else {
-            return false;
-        };
-        if first.contains(name2) {
+        if domain == PLATFORM_DOMAIN && self.builtins.includes(name1, name2) {
             return true;
         }
-        // Deeper links (not produced by this model today, but cheap to honour).
+        // The domain's links, plus the links of `*`, which hold in every domain (platform
+        // bindings live in the platform enforcer's role manager under `*`).
+        let own = self.links.get(domain);
+        let everywhere = if domain == PLATFORM_DOMAIN {
+            None
+        } else {
+            self.links.get(PLATFORM_DOMAIN)
+        };
+        if own.is_none() && everywhere.is_none() {
+            return false;
+        }
+        let targets = |name: &str| {
+            own.and_then(|names| names.get(name))
+                .into_iter()
+                .chain(everywhere.and_then(|names| names.get(name)))
+                .flatten()
+        };
+        // Breadth-first to Casbin's default depth; principal → group → grant is two steps.
         let mut seen: HashSet<&str> = HashSet::new();
-        let mut frontier: Vec<&str> = first.iter().map(String::as_str).collect();
-        for _ in 1..MAX_HIERARCHY {
+        let mut frontier: Vec<&str> = vec![name1];
+        for _ in 0..MAX_HIERARCHY {
             let mut next = Vec::new();
             for name in frontier {
-                if !seen.insert(name) {
-                    continue;
-                }
-                if let Some(targets) = names.get(name) {
-                    if targets.contains(name2) {
+                for target in targets(name) {
+                    if target == name2 {
                         return true;
                     }
-                    next.extend(targets.iter().map(String::as_str));
+                    if seen.insert(target.as_str()) {
+                        next.push(target.as_str());
+                    }
                 }
             }
             if next.is_empty() {
@@ -1109,18 +1183,18 @@ impl RoleManager for ShardRoleManager {
 
     fn get_roles(&self, name: &str, domain: Option<&str>) -> Vec<String> {
         let domain = domain.unwrap_or(DEFAULT_RM_DOMAIN);
-        if domain == PLATFORM_DOMAIN {
-            return self
-                .builtins
-                .permissions(name)
-                .map(|p| p.iter().cloned().collect())
-                .unwrap_or_default();
-        }
-        self.links
+        let mut roles: Vec<String> = self
+            .links
             .get(domain)
             .and_then(|names| names.get(name))
             .map(|targets| targets.iter().cloned().collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if domain == PLATFORM_DOMAIN
+            && let Some(permissions) = self.builtins.permissions(name)
+        {
+            roles.extend(permissions.iter().cloned());
+        }
+        roles
     }
 
     fn get_users(&self, name: &str, domain: Option<&str>) -> Vec<String> {
@@ -1141,10 +1215,12 @@ impl RoleManager for ShardRoleManager {
 /// Memoised decisions, sharded to keep lock contention low. See the module docs for why the
 /// stamps make it exact.
 struct DecisionCache {
-    shards: Vec<RwLock<HashMap<Box<[u8]>, Cached>>>,
+    shards: Vec<CacheShard>,
     shard_capacity: usize,
     hasher: RandomState,
 }
+
+type CacheShard = RwLock<HashMap<Box<[u8]>, Cached>>;
 
 #[derive(Clone, Copy)]
 struct Cached {
@@ -1166,7 +1242,7 @@ impl DecisionCache {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> Option<&RwLock<HashMap<Box<[u8]>, Cached>>> {
+    fn shard(&self, key: &[u8]) -> Option<&CacheShard> {
         let index = (self.hasher.hash_one(key) % CACHE_SHARDS as u64) as usize;
         self.shards.get(index)
     }

@@ -191,6 +191,77 @@ pub struct IamService {
     audit: AuditLog,
     gate: Gate,
     authenticator: Arc<Authenticator>,
+    sync: Arc<PolicySync>,
+}
+
+/// Keeps this replica's policy and revoked tokens in step with the database: every policy change
+/// bumps `policy_version` in its own transaction; a poller reloads when the version differs from
+/// the one this replica has applied, so changes made on other replicas are in force within about
+/// a second.
+#[derive(Debug, Default)]
+pub struct PolicySync {
+    applied: std::sync::atomic::AtomicI64,
+}
+
+impl PolicySync {
+    /// Records a version this replica produced and applied itself, if it directly follows the
+    /// last one applied (otherwise another replica changed something too, and the poller reloads).
+    fn note_local(&self, version: i64) {
+        let _ = self.applied.compare_exchange(
+            version - 1,
+            version,
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+        );
+    }
+
+    /// Reloads policy and revocations when the database's version differs from the applied one.
+    pub async fn poll_once(
+        &self,
+        store: &Store,
+        policy: &PolicyEngine,
+        authenticator: &Authenticator,
+    ) -> Result<bool, Error> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM policy_version WHERE id = 1")
+            .fetch_one(store.pool())
+            .await?;
+        if version == self.applied.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(false);
+        }
+        let snapshot = load_policy(store).await?;
+        let revoked = load_revoked_tokens(store).await?;
+        policy
+            .replace(snapshot)
+            .await
+            .map_err(|e| Error::internal(format!("policy reload: {e}")))?;
+        authenticator.set_revoked(revoked);
+        self.applied
+            .store(version, std::sync::atomic::Ordering::Release);
+        Ok(true)
+    }
+
+    /// Runs [`PolicySync::poll_once`] every `interval` until the process ends.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Store,
+        policy: Arc<PolicyEngine>,
+        authenticator: Arc<Authenticator>,
+        interval: Duration,
+    ) {
+        loop {
+            tokio::time::sleep(interval).await;
+            if store.pool().is_closed() {
+                return; // shutting down
+            }
+            match self.poll_once(&store, &policy, &authenticator).await {
+                Ok(true) => tracing::debug!("policy reloaded after a change on another replica"),
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "policy poll failed; keeping the current policy")
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for IamService {
@@ -205,13 +276,43 @@ impl IamService {
         audit: AuditLog,
         gate: Gate,
         authenticator: Arc<Authenticator>,
+        sync: Arc<PolicySync>,
     ) -> Self {
         IamService {
             store,
             audit,
             gate,
             authenticator,
+            sync,
         }
+    }
+
+    /// `AuditLog::finish` for changes to policy: also bumps `policy_version` in the same
+    /// transaction, so other replicas reload.
+    async fn finish_policy<T>(
+        &self,
+        ctx: &CallContext,
+        mut tx: WriteTx,
+        result: Result<T, Error>,
+        changed_fields: &[&str],
+    ) -> Result<T, Error> {
+        if result.is_ok() {
+            let bumped = sqlx::query_scalar::<_, i64>(
+                "UPDATE policy_version SET version = version + 1 WHERE id = 1 RETURNING version",
+            )
+            .fetch_one(&mut *tx)
+            .await;
+            match bumped {
+                Ok(version) => self.sync.note_local(version),
+                Err(err) => {
+                    return self
+                        .audit
+                        .finish(ctx, tx, Err(Error::from(err)), changed_fields)
+                        .await;
+                }
+            }
+        }
+        self.audit.finish(ctx, tx, result, changed_fields).await
     }
 
     fn policy(&self) -> &Arc<PolicyEngine> {
@@ -551,7 +652,7 @@ impl IamService {
         if req.validate_only {
             return result;
         }
-        let out = self.audit.finish(ctx, tx, result, &["state"]).await?;
+        let out = self.finish_policy(ctx, tx, result, &["state"]).await?;
         self.reload_policy().await?;
         Ok(out)
     }
@@ -772,8 +873,7 @@ impl IamService {
             return result;
         }
         let out = self
-            .audit
-            .finish(
+            .finish_policy(
                 ctx,
                 tx,
                 result,
@@ -866,7 +966,7 @@ impl IamService {
         if req.validate_only {
             return result;
         }
-        let out = self.audit.finish(ctx, tx, result, &changed).await?;
+        let out = self.finish_policy(ctx, tx, result, &changed).await?;
         self.policy()
             .put_custom_role(&CustomRole {
                 name: out.name.clone(),
@@ -933,7 +1033,7 @@ impl IamService {
         if req.validate_only {
             return result;
         }
-        self.audit.finish(ctx, tx, result, &["role"]).await?;
+        self.finish_policy(ctx, tx, result, &["role"]).await?;
         self.reload_policy().await
     }
 }
@@ -1161,8 +1261,7 @@ impl IamService {
             return result;
         }
         let out = self
-            .audit
-            .finish(
+            .finish_policy(
                 ctx,
                 tx,
                 result,
@@ -1290,8 +1389,7 @@ impl IamService {
             return result.map(|_| ());
         }
         let binding = self
-            .audit
-            .finish(ctx, tx, result, &["role_binding"])
+            .finish_policy(ctx, tx, result, &["role_binding"])
             .await?;
         // Two bindings may grant the same thing; the grant goes only with the last of them.
         let identical: i64 = sqlx::query_scalar(
@@ -1551,7 +1649,7 @@ impl IamService {
         if req.validate_only {
             return result;
         }
-        self.audit.finish(ctx, tx, result, &["group"]).await?;
+        self.finish_policy(ctx, tx, result, &["group"]).await?;
         self.reload_policy().await
     }
 
@@ -1613,7 +1711,7 @@ impl IamService {
             Ok(out)
         }
         .await;
-        let out = self.audit.finish(ctx, tx, result, &["members"]).await?;
+        let out = self.finish_policy(ctx, tx, result, &["members"]).await?;
         self.policy()
             .add_membership(&Membership {
                 tenant: tenant.clone(),
@@ -1663,7 +1761,7 @@ impl IamService {
             Ok(())
         }
         .await;
-        self.audit.finish(ctx, tx, result, &["members"]).await?;
+        self.finish_policy(ctx, tx, result, &["members"]).await?;
         self.policy()
             .remove_membership(&Membership {
                 tenant,
@@ -1956,8 +2054,7 @@ impl IamService {
             return result.map(|_| ());
         }
         let revoked = self
-            .audit
-            .finish(ctx, tx, result, &["service_account"])
+            .finish_policy(ctx, tx, result, &["service_account"])
             .await?;
         for jti in revoked {
             self.authenticator.revoke(jti);
@@ -2164,8 +2261,7 @@ impl IamService {
         }
         .await;
         let out = self
-            .audit
-            .finish(ctx, tx, result, &["revoke_time", "revoke_reason"])
+            .finish_policy(ctx, tx, result, &["revoke_time", "revoke_reason"])
             .await?;
         self.authenticator.revoke(jti.to_owned());
         Ok(out)
@@ -2217,8 +2313,7 @@ impl IamService {
         }
         .await;
         let out = self
-            .audit
-            .finish(ctx, tx, result, &["revoke_time", "revoke_reason"])
+            .finish_policy(ctx, tx, result, &["revoke_time", "revoke_reason"])
             .await?;
         self.authenticator.revoke(req.jti.clone());
         Ok(out)
@@ -2560,6 +2655,11 @@ impl pb::iam_service_server::IamService for IamService {
         ok(self.groups_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
+    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> Rpc<pb::Group> {
+        let ctx = CallContext::of(&request)?;
+        ok(self.group_update(&ctx, request.into_inner()).await)
+    }
+    #[instrument(skip_all)]
     async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Rpc<()> {
         let ctx = CallContext::of(&request)?;
         ok(self.group_delete(&ctx, request.into_inner()).await)
@@ -2607,6 +2707,16 @@ impl pb::iam_service_server::IamService for IamService {
         request: Request<pb::ListServiceAccountsRequest>,
     ) -> Rpc<pb::ListServiceAccountsResponse> {
         ok(self.service_accounts_list(request.get_ref()).await)
+    }
+    #[instrument(skip_all)]
+    async fn update_service_account(
+        &self,
+        request: Request<pb::UpdateServiceAccountRequest>,
+    ) -> Rpc<pb::ServiceAccount> {
+        let ctx = CallContext::of(&request)?;
+        ok(self
+            .service_account_update(&ctx, request.into_inner())
+            .await)
     }
     #[instrument(skip_all)]
     async fn delete_service_account(
@@ -2685,4 +2795,167 @@ pub async fn audit_system_act(
     let ctx = CallContext::system(method, permission, None, resource);
     let record = AuditRecord::of_call(&ctx, Outcome::Allowed, tonic::Code::Ok, changed);
     audit.append_now(&record).await.map(|_| ())
+}
+
+/// The descriptive fields groups and service accounts share, as an update carries them.
+struct DescriptiveUpdate<'a> {
+    table: &'static str,
+    resource_type: &'static str,
+    name: &'a str,
+    tenant: String,
+    id: String,
+    display_name: &'a str,
+    description: &'a str,
+    labels: &'a HashMap<String, String>,
+    annotations: &'a HashMap<String, String>,
+    etag: &'a str,
+}
+
+impl IamService {
+    /// Applies an update mask over display_name, description, labels and annotations of a row in
+    /// `iam_groups` or `iam_service_accounts`; returns the changed field names.
+    async fn descriptive_update(
+        &self,
+        ctx: &CallContext,
+        update: DescriptiveUpdate<'_>,
+        mask: Vec<String>,
+        validate_only: bool,
+    ) -> Result<(), Error> {
+        if mask.is_empty() {
+            return Err(Error::invalid_argument(
+                "update_mask",
+                "required: name the fields to change",
+            ));
+        }
+        let all = mask.iter().any(|p| p == "*");
+        let mut violations = Vec::new();
+        for path in &mask {
+            if !matches!(
+                path.as_str(),
+                "display_name" | "description" | "labels" | "annotations" | "*"
+            ) {
+                violations.push(FieldViolation::new(
+                    "update_mask",
+                    format!("`{}` cannot be updated", names::printable(path)),
+                ));
+            }
+        }
+        names::validate_text("display_name", update.display_name, 256, &mut violations);
+        names::validate_text("description", update.description, 1024, &mut violations);
+        names::validate_labels("labels", update.labels, &mut violations);
+        names::validate_annotations("annotations", update.annotations, &mut violations);
+        violations_to_result(violations)?;
+        let has = |f: &str| all || mask.iter().any(|p| p == f);
+        let changed: Vec<&str> = ["display_name", "description", "labels", "annotations"]
+            .into_iter()
+            .filter(|f| has(f))
+            .collect();
+        let table = update.table;
+        let mut tx = self.store.write_tx().await?;
+        let result = async {
+            let row = sqlx::query(&format!("SELECT display_name, description, labels, annotations, etag FROM {table} WHERE tenant = $1 AND id = $2"))
+                .bind(&update.tenant)
+                .bind(&update.id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound { resource_type: update.resource_type, name: update.name.to_owned() })?;
+            let current_etag: String = row.try_get("etag")?;
+            check_etag(update.etag, &current_etag)?;
+            let mut display_name: String = row.try_get("display_name")?;
+            let mut description: String = row.try_get("description")?;
+            let mut labels: String = row.try_get("labels")?;
+            let mut annotations: String = row.try_get("annotations")?;
+            if has("display_name") {
+                display_name = if update.display_name.is_empty() { update.id.clone() } else { update.display_name.to_owned() };
+            }
+            if has("description") {
+                description = update.description.to_owned();
+            }
+            if has("labels") {
+                labels = to_json(update.labels)?;
+            }
+            if has("annotations") {
+                annotations = to_json(update.annotations)?;
+            }
+            if !validate_only {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET display_name = $1, description = $2, labels = $3, annotations = $4, update_time_us = $5, etag = $6 WHERE tenant = $7 AND id = $8"
+                ))
+                .bind(display_name)
+                .bind(description)
+                .bind(labels)
+                .bind(annotations)
+                .bind(now_micros())
+                .bind(new_etag())
+                .bind(&update.tenant)
+                .bind(&update.id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        if validate_only {
+            return result;
+        }
+        self.audit.finish(ctx, tx, result, &changed).await
+    }
+
+    async fn group_update(
+        &self,
+        ctx: &CallContext,
+        req: pb::UpdateGroupRequest,
+    ) -> Result<pb::Group, Error> {
+        let group = req.group.unwrap_or_default();
+        let (tenant, id) = parse_child_name("group.name", &group.name, "groups")?;
+        let update = DescriptiveUpdate {
+            table: "iam_groups",
+            resource_type: "group",
+            name: &group.name,
+            tenant,
+            id,
+            display_name: &group.display_name,
+            description: &group.description,
+            labels: &group.labels,
+            annotations: &group.annotations,
+            etag: &group.etag,
+        };
+        self.descriptive_update(
+            ctx,
+            update,
+            req.update_mask.map(|m| m.paths).unwrap_or_default(),
+            req.validate_only,
+        )
+        .await?;
+        self.group_get(&group.name).await
+    }
+
+    async fn service_account_update(
+        &self,
+        ctx: &CallContext,
+        req: pb::UpdateServiceAccountRequest,
+    ) -> Result<pb::ServiceAccount, Error> {
+        let sa = req.service_account.unwrap_or_default();
+        let (tenant, id) = parse_child_name("service_account.name", &sa.name, "serviceAccounts")?;
+        let update = DescriptiveUpdate {
+            table: "iam_service_accounts",
+            resource_type: "service account",
+            name: &sa.name,
+            tenant,
+            id,
+            display_name: &sa.display_name,
+            description: &sa.description,
+            labels: &sa.labels,
+            annotations: &sa.annotations,
+            etag: &sa.etag,
+        };
+        self.descriptive_update(
+            ctx,
+            update,
+            req.update_mask.map(|m| m.paths).unwrap_or_default(),
+            req.validate_only,
+        )
+        .await?;
+        self.service_account_get(&sa.name).await
+    }
 }

@@ -131,6 +131,10 @@ impl App {
                 .await
                 .map_err(|e| StartError::Policy(e.to_string()))?,
         );
+        let sync = Arc::new(iam::PolicySync::default());
+        sync.poll_once(&store, &policy, &authenticator)
+            .await
+            .map_err(|e| StartError::Policy(e.to_string()))?;
         let audit = AuditLog::new(store.clone());
         let gate = Gate::new(authenticator.clone(), policy, audit.clone(), store.clone())
             .map_err(StartError::Policy)?;
@@ -138,11 +142,18 @@ impl App {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = routes(health_service)?;
+        tokio::spawn(sync.clone().run(
+            store.clone(),
+            gate.policy().clone(),
+            authenticator.clone(),
+            Duration::from_secs(1),
+        ));
         let iam = IamService::new(
             store.clone(),
             audit.clone(),
             gate.clone(),
             authenticator.clone(),
+            sync,
         );
         let audit_service = AuditService::new(store.clone(), audit);
         routes = routes

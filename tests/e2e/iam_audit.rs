@@ -672,3 +672,149 @@ async fn audit_watch_streams_new_events() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn updates_are_conditional_on_the_etag() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(&db).await;
+    let admin = server.admin().await;
+    create_tenant(&admin, "acme").await;
+    let group = create_group(&admin, "acme", "ops").await.expect("group");
+    let update = |etag: &str| iam::UpdateGroupRequest {
+        group: Some(iam::Group {
+            name: group.name.clone(),
+            display_name: "Operations".into(),
+            etag: etag.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["display_name".into()],
+        }),
+        ..Default::default()
+    };
+    let stale = admin
+        .iam()
+        .update_group(admin.req(update("stale")))
+        .await
+        .expect_err("stale etag");
+    assert_eq!(stale.code(), Code::Aborted);
+    let updated = admin
+        .iam()
+        .update_group(admin.req(update(&group.etag)))
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.display_name, "Operations");
+    assert_ne!(updated.etag, group.etag);
+    let bad_mask = admin
+        .iam()
+        .update_group(admin.req(iam::UpdateGroupRequest {
+            group: Some(iam::Group {
+                name: group.name.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["uid".into()],
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("uid is output only");
+    assert_eq!(bad_mask.code(), Code::InvalidArgument);
+    // Both the failed (stale) and the successful update are in the audit log.
+    let events = list_events(
+        &admin,
+        "tenants/acme",
+        r#"permission = "iam.groups.update""#,
+    )
+    .await;
+    let outcomes: Vec<i32> = events.iter().map(|e| e.outcome).collect();
+    assert!(
+        outcomes.contains(&(audit::Outcome::Allowed as i32))
+            && outcomes.contains(&(audit::Outcome::Failed as i32)),
+        "{events:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_iam_and_audit_rpc_is_implemented() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(&db).await;
+    let admin = server.admin().await;
+    for rpc in platformd::contract::rpcs().values() {
+        if ![
+            "platform.iam.v1.IamService",
+            "platform.audit.v1.AuditService",
+        ]
+        .contains(&rpc.service.as_str())
+            || rpc.server_streaming
+        {
+            continue;
+        }
+        let path: &'static str = Box::leak(rpc.path().into_boxed_str());
+        if let Err(status) = admin.call_raw(path, vec![], &[]).await {
+            assert_ne!(
+                status.code(),
+                Code::Unimplemented,
+                "{path}: {}",
+                status.message()
+            );
+            assert_ne!(
+                status.code(),
+                Code::Internal,
+                "{path}: {}",
+                status.message()
+            );
+        }
+    }
+    server.stop().await;
+}
+
+storage_test!(
+    a_change_on_one_replica_is_in_force_on_another_within_seconds,
+    |backend: Backend| async move {
+        let db = TestDb::new(backend).await;
+        let a = TestServer::start(&db).await;
+        let mut config = db.config();
+        config.listen = "127.0.0.1:0".parse().expect("addr");
+        let b = TestServer::start_with(config).await;
+        let admin_a = a.admin().await;
+        create_tenant(&admin_a, "acme").await;
+        let binding = bind(&admin_a, "acme", "viewer", "user:vic", "viewer", "")
+            .await
+            .expect("bind on A");
+
+        // Replica B signs with the same key (same data dir) and sees A's binding after its poll.
+        let vic_b = b.user("vic").await;
+        let mut allowed = false;
+        for _ in 0..60 {
+            if list_groups(&vic_b, "acme").await.is_ok() {
+                allowed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(allowed, "B never saw the binding made on A");
+
+        admin_a
+            .iam()
+            .delete_role_binding(admin_a.req(iam::DeleteRoleBindingRequest {
+                name: binding.name,
+                ..Default::default()
+            }))
+            .await
+            .expect("unbind on A");
+        let mut denied = false;
+        for _ in 0..60 {
+            if list_groups(&vic_b, "acme").await.is_err() {
+                denied = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(denied, "B kept allowing a binding revoked on A");
+        b.stop().await;
+        a.stop().await;
+    }
+);

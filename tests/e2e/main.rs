@@ -5,5 +5,6 @@ mod support;
 
 mod contract_and_transport;
 mod iam_audit;
+mod identity;
 mod process;
 mod storage;

@@ -98,10 +98,14 @@ impl FieldPaths {
     }
 }
 
+/// The request bytes are not a valid protobuf message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedMessage;
+
 /// Reads the string at a field-number path from an encoded protobuf message. Follows proto
 /// semantics: the last occurrence of a string wins, repeated occurrences of a message merge.
 /// `Ok(None)` when absent; `Err` when the bytes are not a valid message.
-pub fn extract_string(message: &[u8], path: &[u32]) -> Result<Option<String>, ()> {
+pub fn extract_string(message: &[u8], path: &[u32]) -> Result<Option<String>, MalformedMessage> {
     let Some((&first, rest)) = path.split_first() else {
         return Ok(None);
     };
@@ -110,32 +114,33 @@ pub fn extract_string(message: &[u8], path: &[u32]) -> Result<Option<String>, ()
     let mut nested: Vec<u8> = Vec::new();
     let mut found_nested = false;
     while buf.has_remaining() {
-        let key = prost::encoding::decode_varint(&mut buf).map_err(|_| ())?;
+        let key = prost::encoding::decode_varint(&mut buf).map_err(|_| MalformedMessage)?;
         let number = (key >> 3) as u32;
         let wire_type = key & 7;
         if number == 0 {
-            return Err(());
+            return Err(MalformedMessage);
         }
         match wire_type {
             0 => {
-                prost::encoding::decode_varint(&mut buf).map_err(|_| ())?;
+                prost::encoding::decode_varint(&mut buf).map_err(|_| MalformedMessage)?;
             }
             1 => {
                 if buf.remaining() < 8 {
-                    return Err(());
+                    return Err(MalformedMessage);
                 }
                 buf.advance(8);
             }
             5 => {
                 if buf.remaining() < 4 {
-                    return Err(());
+                    return Err(MalformedMessage);
                 }
                 buf.advance(4);
             }
             2 => {
-                let len = prost::encoding::decode_varint(&mut buf).map_err(|_| ())? as usize;
+                let len = prost::encoding::decode_varint(&mut buf).map_err(|_| MalformedMessage)?
+                    as usize;
                 if buf.remaining() < len {
-                    return Err(());
+                    return Err(MalformedMessage);
                 }
                 let payload = &buf[..len];
                 if number == first {
@@ -148,14 +153,14 @@ pub fn extract_string(message: &[u8], path: &[u32]) -> Result<Option<String>, ()
                 }
                 buf.advance(len);
             }
-            _ => return Err(()),
+            _ => return Err(MalformedMessage),
         }
     }
     if rest.is_empty() {
         return match last_string {
             Some(bytes) => std::str::from_utf8(bytes)
                 .map(|s| Some(s.to_owned()))
-                .map_err(|_| ()),
+                .map_err(|_| MalformedMessage),
             None => Ok(None),
         };
     }
@@ -278,7 +283,7 @@ impl Gate {
                 Ok(value) => {
                     fields.insert(field_path.as_str(), value.unwrap_or_default());
                 }
-                Err(()) => {
+                Err(MalformedMessage) => {
                     return Decision::Rejected(Status::invalid_argument(
                         "the request is not a valid protobuf message",
                     ));
@@ -329,7 +334,7 @@ impl Gate {
             .headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(|s| names::printable(s))
+            .map(names::printable)
             .unwrap_or_default();
         let ctx = CallContext {
             principal: principal_of(&verified),

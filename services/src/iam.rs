@@ -105,10 +105,11 @@ fn validate_principal(field: &str, principal: &str, allow_group: bool) -> Result
         if parse_child_name(field, name, "serviceAccounts").is_ok() {
             return Ok(());
         }
-    } else if let Some(name) = principal.strip_prefix("group:") {
-        if allow_group && parse_child_name(field, name, "groups").is_ok() {
-            return Ok(());
-        }
+    } else if let Some(name) = principal.strip_prefix("group:")
+        && allow_group
+        && parse_child_name(field, name, "groups").is_ok()
+    {
+        return Ok(());
     }
     Err(Error::invalid_argument(
         field,
@@ -172,6 +173,17 @@ pub async fn load_policy(store: &Store) -> Result<PolicySnapshot, Error> {
     })
 }
 
+/// Loads the policy and installs it unless the engine changed meanwhile (a change applied while
+/// the snapshot was read would otherwise be undone). Returns whether it was installed.
+async fn replace_policy_guarded(store: &Store, policy: &PolicyEngine) -> Result<bool, Error> {
+    let generation = policy.generation();
+    let snapshot = load_policy(store).await?;
+    policy
+        .replace_if_unchanged(snapshot, generation)
+        .await
+        .map_err(|e| Error::internal(format!("policy reload: {e}")))
+}
+
 /// Every revoked token id (loaded into the authenticator at start-up).
 pub async fn load_revoked_tokens(
     store: &Store,
@@ -228,13 +240,16 @@ impl PolicySync {
         if version == self.applied.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(false);
         }
-        let snapshot = load_policy(store).await?;
-        let revoked = load_revoked_tokens(store).await?;
-        policy
-            .replace(snapshot)
-            .await
-            .map_err(|e| Error::internal(format!("policy reload: {e}")))?;
-        authenticator.set_revoked(revoked);
+        // Revocations only ever grow: add, never replace, so a revocation applied locally while
+        // this snapshot was read cannot be undone by it.
+        for jti in load_revoked_tokens(store).await? {
+            authenticator.revoke(jti);
+        }
+        // A local change applied while the snapshot was read makes it stale: then keep the
+        // policy and leave `applied` behind, so the next poll reloads.
+        if !replace_policy_guarded(store, policy).await? {
+            return Ok(false);
+        }
         self.applied
             .store(version, std::sync::atomic::Ordering::Release);
         Ok(true)
@@ -659,11 +674,14 @@ impl IamService {
 
     /// Replaces the in-memory policy with the database's (after bulk changes).
     pub async fn reload_policy(&self) -> Result<(), Error> {
-        let snapshot = load_policy(&self.store).await?;
-        self.policy()
-            .replace(snapshot)
-            .await
-            .map_err(|e| Error::internal(format!("policy reload: {e}")))
+        for _ in 0..5 {
+            if replace_policy_guarded(&self.store, self.policy()).await? {
+                return Ok(());
+            }
+        }
+        Err(Error::Unavailable {
+            message: "policy is changing too fast to reload; retry".into(),
+        })
     }
 }
 

@@ -644,11 +644,46 @@ fn bind_filter<'q>(
 pub struct AuditService {
     store: Store,
     log: AuditLog,
+    access: Option<WatchAccess>,
+}
+
+/// What a live Watch re-checks while it stays open: the caller may lose the permission, or its
+/// token may expire or be revoked, long after the stream was authorized.
+#[derive(Clone)]
+pub struct WatchAccess {
+    pub gate: crate::authz::Gate,
+    pub authenticator: std::sync::Arc<crate::auth::Authenticator>,
+    /// How often to re-check.
+    pub recheck: Duration,
+}
+
+impl std::fmt::Debug for WatchAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchAccess")
+    }
+}
+
+impl WatchAccess {
+    /// `Some(status)` when the caller of `ctx` may no longer watch.
+    fn revoked(&self, ctx: &CallContext) -> Option<Status> {
+        if !ctx.token_id.is_empty() && self.authenticator.is_revoked(&ctx.token_id) {
+            return Some(Status::unauthenticated("bearer token has been revoked"));
+        }
+        if ctx.token_expire_us > 0 && now_micros() >= ctx.token_expire_us {
+            return Some(Status::unauthenticated("bearer token has expired"));
+        }
+        if !self.gate.allows(ctx, &ctx.resource, ctx.permission) {
+            return Some(Status::permission_denied(
+                "the caller no longer holds the watch permission",
+            ));
+        }
+        None
+    }
 }
 
 impl AuditService {
-    pub fn new(store: Store, log: AuditLog) -> Self {
-        AuditService { store, log }
+    pub fn new(store: Store, log: AuditLog, access: Option<WatchAccess>) -> Self {
+        AuditService { store, log, access }
     }
 
     async fn list(
@@ -779,6 +814,8 @@ impl pb::audit_service_server::AuditService for AuditService {
         &self,
         request: Request<pb::WatchAuditEventsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        let ctx = CallContext::of(&request).ok();
+        let access = self.access.clone();
         let req = request.into_inner();
         let chain = parse_chain("parent", &req.parent)?;
         let filter = audit_filter(&req.filter, 3, self.store.engine())?;
@@ -808,6 +845,7 @@ impl pb::audit_service_server::AuditService for AuditService {
             }
             let sql = format!("{SELECT_EVENTS}{where_sql} ORDER BY seq LIMIT 500");
             let mut idle = Duration::ZERO;
+            let mut last_check = std::time::Instant::now();
             loop {
                 let notified = notify.notified();
                 let rows = bind_filter(sqlx::query(&sql).bind(&chain).bind(after), &filter)
@@ -868,9 +906,23 @@ impl pb::audit_service_server::AuditService for AuditService {
                     }
                 }
                 // Woken by a local commit, or polls once a second for other replicas' commits.
-                let waited = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                let wait = access
+                    .as_ref()
+                    .map(|a| a.recheck.min(Duration::from_secs(1)))
+                    .unwrap_or(Duration::from_secs(1));
+                let waited = tokio::time::timeout(wait, notified).await;
                 if waited.is_err() {
-                    idle += Duration::from_secs(1);
+                    idle += wait;
+                }
+                let recheck = access.as_ref().map(|a| a.recheck).unwrap_or(Duration::MAX);
+                if last_check.elapsed() >= recheck {
+                    last_check = std::time::Instant::now();
+                    if let (Some(access), Some(ctx)) = (&access, &ctx)
+                        && let Some(status) = access.revoked(ctx)
+                    {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
                 }
                 if tx.is_closed() {
                     return;

@@ -120,6 +120,9 @@ pub struct Config {
     pub db_acquire_timeout: Duration,
     pub cors_allowed_origins: Vec<String>,
     pub auth: crate::auth::AuthConfig,
+    /// How often an open audit Watch re-checks its caller's token and permission (60 s; tests
+    /// shorten it).
+    pub watch_recheck: Duration,
 }
 
 /// A database URL whose engine is known. Its `Debug` hides any password.
@@ -351,6 +354,7 @@ impl ServeArgs {
         auth.jwks_path = self.jwks_file.or(file.jwks_file);
 
         Ok(Config {
+            watch_recheck: Duration::from_secs(60),
             auth,
             listen,
             data_dir,

@@ -25,7 +25,7 @@ use crate::context::CallContext;
 use crate::error::{Error, FieldViolation};
 use crate::idempotency;
 use crate::names::{self, parse_child_name, parse_tenant_name, validate_id};
-use crate::pagination;
+use crate::pagination::{self, paginate};
 use crate::store::{Store, WriteTx, now_micros};
 
 const BUILT_IN_TENANT_ROLES: [&str; 5] =
@@ -1054,34 +1054,6 @@ impl IamService {
         self.finish_policy(ctx, tx, result, &["role"]).await?;
         self.reload_policy().await
     }
-}
-
-/// Pages an in-memory, sorted list by key (for small collections such as roles).
-fn paginate<T>(
-    items: Vec<T>,
-    page_size: i32,
-    page_token: &str,
-    query: &[&str],
-    key: impl Fn(&T) -> String,
-) -> Result<(Vec<T>, String, i32), Error> {
-    let page_size = pagination::page_size(page_size)? as usize;
-    let fingerprint = pagination::query_fingerprint(query);
-    let after = pagination::decode_token(fingerprint, page_token)?;
-    let total = items.len() as i32;
-    let mut page: Vec<T> = items
-        .into_iter()
-        .filter(|item| after.as_deref().is_none_or(|a| key(item).as_str() > a))
-        .take(page_size + 1)
-        .collect();
-    let next = if page.len() > page_size {
-        page.truncate(page_size);
-        page.last()
-            .map(|last| pagination::encode_token(fingerprint, &key(last)))
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
-    Ok((page, next, total))
 }
 
 // ------------------------------------------------------------- role bindings

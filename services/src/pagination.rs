@@ -58,6 +58,34 @@ pub fn decode_token(fingerprint: [u8; 8], token: &str) -> Result<Option<String>,
         .map_err(|_| invalid())
 }
 
+/// Pages an in-memory, sorted list by key (for small collections such as roles).
+pub fn paginate<T>(
+    items: Vec<T>,
+    page_size: i32,
+    page_token: &str,
+    query: &[&str],
+    key: impl Fn(&T) -> String,
+) -> Result<(Vec<T>, String, i32), Error> {
+    let page_size = self::page_size(page_size)? as usize;
+    let fingerprint = query_fingerprint(query);
+    let after = decode_token(fingerprint, page_token)?;
+    let total = items.len() as i32;
+    let mut page: Vec<T> = items
+        .into_iter()
+        .filter(|item| after.as_deref().is_none_or(|a| key(item).as_str() > a))
+        .take(page_size + 1)
+        .collect();
+    let next = if page.len() > page_size {
+        page.truncate(page_size);
+        page.last()
+            .map(|last| encode_token(fingerprint, &key(last)))
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    Ok((page, next, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -155,7 +155,16 @@ impl App {
             authenticator.clone(),
             sync,
         );
-        let audit_service = AuditService::new(store.clone(), audit);
+
+        let audit_service = AuditService::new(
+            store.clone(),
+            audit,
+            Some(crate::audit::WatchAccess {
+                gate: gate.clone(),
+                authenticator: authenticator.clone(),
+                recheck: config.watch_recheck,
+            }),
+        );
         routes = routes
             .add_service(
                 platform_api::platform::iam::v1::iam_service_server::IamServiceServer::new(iam)

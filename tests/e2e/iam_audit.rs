@@ -818,3 +818,47 @@ storage_test!(
         a.stop().await;
     }
 );
+
+#[tokio::test]
+async fn an_open_audit_watch_ends_when_its_permission_is_revoked() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let mut config = db.config();
+    config.watch_recheck = Duration::from_millis(300);
+    let server = TestServer::start_with(config).await;
+    let admin = server.admin().await;
+    create_tenant(&admin, "acme").await;
+    let binding = bind(&admin, "acme", "auditor", "user:aud", "admin", "")
+        .await
+        .expect("bind");
+    let auditor = server.user("aud").await;
+    let mut stream = auditor
+        .audit()
+        .watch_audit_events(auditor.req(audit::WatchAuditEventsRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("watch")
+        .into_inner();
+    admin
+        .iam()
+        .delete_role_binding(admin.req(iam::DeleteRoleBindingRequest {
+            name: binding.name,
+            ..Default::default()
+        }))
+        .await
+        .expect("unbind");
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    assert_eq!(ended.map(|s| s.code()), Some(Code::PermissionDenied));
+    server.stop().await;
+}

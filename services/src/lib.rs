@@ -1,7 +1,7 @@
 //! platformd: the platform API server, as a library so that tests and tools can start the
 //! real server in-process; `main.rs` is only the command line around it.
 //!
-//! One module per service (`iam`, `audit`), each with its handlers and storage queries; shared
+//! One module per service (`iam`, `audit`, `catalog`), each with its handlers and storage queries; shared
 //! plumbing beside them: `auth` (tokens), `authz` (the gate every call passes), `context` (who
 //! is calling), `config`, `error`, `store`, `idempotency`, `names`, `filter`, `pagination`,
 //! `request_id`, `limits`, `telemetry`, `contract`, and `server`, which assembles them.
@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod context;

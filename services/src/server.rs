@@ -155,7 +155,7 @@ impl App {
             authenticator.clone(),
             sync,
         );
-
+        let catalog = crate::catalog::CatalogService::new(store.clone(), audit.clone());
         let audit_service = AuditService::new(
             store.clone(),
             audit,
@@ -166,6 +166,10 @@ impl App {
             }),
         );
         routes = routes
+            .add_service(
+                platform_api::platform::catalog::v1::catalog_service_server::CatalogServiceServer::new(catalog)
+                    .max_decoding_message_size(config.max_message_bytes),
+            )
             .add_service(
                 platform_api::platform::iam::v1::iam_service_server::IamServiceServer::new(iam)
                     .max_decoding_message_size(config.max_message_bytes),

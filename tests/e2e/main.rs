@@ -3,6 +3,7 @@
 
 mod support;
 
+mod catalog;
 mod contract_and_transport;
 mod iam_audit;
 mod identity;

@@ -1,0 +1,1589 @@
+//! `CatalogService`: a Backstage-compatible software catalog — handlers and storage together.
+//!
+//! `model` turns Backstage YAML and proto entities into validated entities, entity references
+//! and derived relations (pure logic, no I/O). This module stores them: one row per entity (the
+//! encoded proto plus the columns List filters and sorts on), its labels and tags for selectors,
+//! and its relations in both directions, each row tagged with the entity that declared it so a
+//! rewrite replaces exactly its own relations. Targets that do not exist yet are kept; they
+//! resolve when the target arrives, because resolution is a join at read time.
+//!
+//! Every write runs in one transaction with its audit record; an import writes all its valid
+//! documents and one audit record together, and re-importing identical content changes nothing
+//! (the content hash decides).
+
+pub mod model;
+pub mod yaml;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use pb::entity::Spec;
+use platform_api::platform::catalog::v1 as pb;
+use prost::Message;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::audit::{AuditLog, timestamp};
+use crate::context::CallContext;
+use crate::error::{Error, FieldViolation};
+use crate::filter::{self, Op};
+use crate::idempotency;
+use crate::names::{self, parse_tenant_name};
+use crate::pagination;
+use crate::store::{Store, WriteTx, now_micros};
+
+use model::EntityRef;
+
+/// Limits of one ImportEntities call.
+const MAX_IMPORT_SOURCES: usize = 1000;
+const MAX_TRAVERSAL_ROOTS: usize = 100;
+
+/// The stored identity of an entity: lowercased kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl EntityKey {
+    fn of(entity: &pb::Entity) -> EntityKey {
+        let metadata = entity.metadata.clone().unwrap_or_default();
+        let namespace = if metadata.namespace.is_empty() {
+            "default".to_owned()
+        } else {
+            metadata.namespace
+        };
+        EntityKey {
+            kind: entity.kind.to_lowercase(),
+            namespace: namespace.to_lowercase(),
+            name: metadata.name.to_lowercase(),
+        }
+    }
+
+    fn from_ref(r: &EntityRef) -> EntityKey {
+        EntityKey {
+            kind: r.kind.to_lowercase(),
+            namespace: r.namespace.to_lowercase(),
+            name: r.name.to_lowercase(),
+        }
+    }
+
+    /// The canonical reference used as the relation key: `kind:namespace/name`, lowercased.
+    pub fn ref_key(&self) -> String {
+        format!("{}:{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// Parses `tenants/{t}/entities/{kind}/{namespace}/{name}` into (tenant, key).
+    pub fn parse_name(field: &str, name: &str) -> Result<(String, EntityKey), Error> {
+        let bad = || {
+            Error::invalid_argument(
+                field,
+                "must be `tenants/{tenant}/entities/{kind}/{namespace}/{name}`",
+            )
+        };
+        let mut parts = name.split('/');
+        let (
+            Some("tenants"),
+            Some(tenant),
+            Some("entities"),
+            Some(kind),
+            Some(namespace),
+            Some(entity_name),
+            None,
+        ) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        )
+        else {
+            return Err(bad());
+        };
+        if !names::is_dns_label(tenant)
+            || kind.is_empty()
+            || namespace.is_empty()
+            || entity_name.is_empty()
+            || entity_name.len() > 63
+        {
+            return Err(bad());
+        }
+        Ok((
+            tenant.to_owned(),
+            EntityKey {
+                kind: kind.to_lowercase(),
+                namespace: namespace.to_lowercase(),
+                name: entity_name.to_lowercase(),
+            },
+        ))
+    }
+}
+
+/// Parses an entity given as a resource name or as a reference `[kind:][namespace/]name`.
+fn parse_name_or_ref(
+    field: &str,
+    tenant: &str,
+    text: &str,
+    default_kind: Option<&str>,
+) -> Result<EntityKey, Error> {
+    if text.starts_with("tenants/") {
+        let (t, key) = EntityKey::parse_name(field, text)?;
+        if t != tenant {
+            return Err(Error::invalid_argument(
+                field,
+                "names an entity of another tenant",
+            ));
+        }
+        return Ok(key);
+    }
+    let r = model::parse_entity_ref(text, default_kind, "default")
+        .map_err(|e| Error::invalid_argument(field, format!("not an entity reference: {e}")))?;
+    Ok(EntityKey::from_ref(&r))
+}
+
+fn resource_name(tenant: &str, entity: &pb::Entity) -> String {
+    let key = EntityKey::of(entity);
+    let name = entity
+        .metadata
+        .as_ref()
+        .map(|m| m.name.as_str())
+        .unwrap_or_default();
+    format!(
+        "tenants/{tenant}/entities/{}/{}/{name}",
+        key.kind, key.namespace
+    )
+}
+
+/// The columns List filters and sorts on, taken from the typed spec.
+struct SummaryColumns {
+    spec_type: String,
+    lifecycle: String,
+    owner_ref: String,
+    system_ref: String,
+}
+
+fn normalized_ref(text: &str, default_kind: &str, namespace: &str) -> String {
+    if text.is_empty() {
+        return String::new();
+    }
+    model::parse_entity_ref(text, Some(default_kind), namespace)
+        .map(|r| EntityKey::from_ref(&r).ref_key())
+        .unwrap_or_default()
+}
+
+fn summary_columns(entity: &pb::Entity) -> SummaryColumns {
+    let key = EntityKey::of(entity);
+    let ns = key.namespace.as_str();
+    let (spec_type, lifecycle, owner, system) = match &entity.spec {
+        Some(Spec::ComponentSpec(s)) => (
+            s.r#type.clone(),
+            s.lifecycle.clone(),
+            s.owner.clone(),
+            s.system.clone(),
+        ),
+        Some(Spec::ApiSpec(s)) => (
+            s.r#type.clone(),
+            s.lifecycle.clone(),
+            s.owner.clone(),
+            s.system.clone(),
+        ),
+        Some(Spec::ResourceSpec(s)) => (
+            s.r#type.clone(),
+            String::new(),
+            s.owner.clone(),
+            s.system.clone(),
+        ),
+        Some(Spec::SystemSpec(s)) => (
+            s.r#type.clone(),
+            String::new(),
+            s.owner.clone(),
+            String::new(),
+        ),
+        Some(Spec::DomainSpec(s)) => (
+            s.r#type.clone(),
+            String::new(),
+            s.owner.clone(),
+            String::new(),
+        ),
+        Some(Spec::GroupSpec(s)) => (
+            s.r#type.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
+        Some(Spec::LocationSpec(s)) => (
+            s.r#type.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ),
+        Some(Spec::UserSpec(_)) | None => {
+            (String::new(), String::new(), String::new(), String::new())
+        }
+    };
+    SummaryColumns {
+        spec_type,
+        lifecycle,
+        owner_ref: normalized_ref(&owner, "group", ns),
+        system_ref: normalized_ref(&system, "system", ns),
+    }
+}
+
+fn search_text(entity: &pb::Entity) -> String {
+    let m = entity.metadata.clone().unwrap_or_default();
+    format!("{}\n{}\n{}", m.name, m.title, m.description).to_lowercase()
+}
+
+/// What writing an entity did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PutOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+/// Storage queries of the catalog. Every write takes the caller's transaction.
+#[derive(Debug, Clone)]
+struct CatalogStore {
+    store: Store,
+}
+
+impl CatalogStore {
+    /// Inserts or replaces an entity with its labels, tags and declared relations.
+    /// `expect_new` makes an existing entity ALREADY_EXISTS; `etag` makes a replace conditional.
+    #[instrument(skip_all, fields(tenant))]
+    async fn entity_put(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        entity: &mut pb::Entity,
+        location_key: &str,
+        expect_new: bool,
+        etag: &str,
+    ) -> Result<PutOutcome, Error> {
+        let key = EntityKey::of(entity);
+        let ref_key = key.ref_key();
+        let hash = model::content_hash(entity);
+        let existing = sqlx::query("SELECT uid, content_hash, etag, location_key, create_time_us, update_time_us FROM catalog_entities WHERE tenant = $1 AND kind = $2 AND namespace = $3 AND name_key = $4")
+            .bind(tenant)
+            .bind(&key.kind)
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let now = now_micros();
+        entity.name = resource_name(tenant, entity);
+        entity.relations.clear();
+        if let Some(row) = &existing {
+            if expect_new {
+                return Err(Error::AlreadyExists {
+                    resource_type: "entity",
+                    name: entity.name.clone(),
+                });
+            }
+            let current_etag: String = row.try_get("etag")?;
+            if !etag.is_empty() && etag != current_etag {
+                return Err(Error::Aborted {
+                    message: "etag mismatch: the entity changed since it was read".into(),
+                });
+            }
+            let current_hash: String = row.try_get("content_hash")?;
+            let current_location: String = row.try_get("location_key")?;
+            entity.uid = row.try_get("uid")?;
+            entity.create_time = Some(timestamp(row.try_get("create_time_us")?));
+            if current_hash == hash && current_location == location_key {
+                entity.etag = current_etag;
+                entity.update_time = Some(timestamp(row.try_get("update_time_us")?));
+                return Ok(PutOutcome::Unchanged);
+            }
+            entity.etag = hash.clone();
+            entity.update_time = Some(timestamp(now));
+            let columns = summary_columns(entity);
+            sqlx::query(
+                "UPDATE catalog_entities SET name = $1, title = $2, description = $3, spec_type = $4, lifecycle = $5, owner_ref = $6, \
+                 system_ref = $7, search_text = $8, body = $9, content_hash = $10, etag = $11, location_key = $12, update_time_us = $13 \
+                 WHERE tenant = $14 AND ref = $15",
+            )
+            .bind(entity.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
+            .bind(entity.metadata.as_ref().map(|m| m.title.clone()).unwrap_or_default())
+            .bind(entity.metadata.as_ref().map(|m| m.description.clone()).unwrap_or_default())
+            .bind(&columns.spec_type)
+            .bind(&columns.lifecycle)
+            .bind(&columns.owner_ref)
+            .bind(&columns.system_ref)
+            .bind(search_text(entity))
+            .bind(entity.encode_to_vec())
+            .bind(&hash)
+            .bind(&hash)
+            .bind(location_key)
+            .bind(now)
+            .bind(tenant)
+            .bind(&ref_key)
+            .execute(&mut **tx)
+            .await?;
+            self.entity_index_clear(tx, tenant, &ref_key).await?;
+            self.entity_index_write(tx, tenant, &ref_key, entity)
+                .await?;
+            return Ok(PutOutcome::Updated);
+        }
+        entity.uid = uuid::Uuid::new_v4().to_string();
+        entity.etag = hash.clone();
+        entity.create_time = Some(timestamp(now));
+        entity.update_time = Some(timestamp(now));
+        let columns = summary_columns(entity);
+        sqlx::query(
+            "INSERT INTO catalog_entities (tenant, kind, namespace, name_key, name, ref, uid, title, description, spec_type, lifecycle, \
+             owner_ref, system_ref, search_text, body, content_hash, etag, location_key, create_time_us, update_time_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)",
+        )
+        .bind(tenant)
+        .bind(&key.kind)
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(entity.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
+        .bind(&ref_key)
+        .bind(&entity.uid)
+        .bind(entity.metadata.as_ref().map(|m| m.title.clone()).unwrap_or_default())
+        .bind(entity.metadata.as_ref().map(|m| m.description.clone()).unwrap_or_default())
+        .bind(&columns.spec_type)
+        .bind(&columns.lifecycle)
+        .bind(&columns.owner_ref)
+        .bind(&columns.system_ref)
+        .bind(search_text(entity))
+        .bind(entity.encode_to_vec())
+        .bind(&hash)
+        .bind(&hash)
+        .bind(location_key)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        self.entity_index_write(tx, tenant, &ref_key, entity)
+            .await?;
+        Ok(PutOutcome::Created)
+    }
+
+    async fn entity_index_clear(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        ref_key: &str,
+    ) -> Result<(), Error> {
+        sqlx::query("DELETE FROM catalog_labels WHERE tenant = $1 AND ref = $2")
+            .bind(tenant)
+            .bind(ref_key)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM catalog_tags WHERE tenant = $1 AND ref = $2")
+            .bind(tenant)
+            .bind(ref_key)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("DELETE FROM catalog_relations WHERE tenant = $1 AND origin_ref = $2")
+            .bind(tenant)
+            .bind(ref_key)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn entity_index_write(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        ref_key: &str,
+        entity: &pb::Entity,
+    ) -> Result<(), Error> {
+        let metadata = entity.metadata.clone().unwrap_or_default();
+        for (k, v) in &metadata.labels {
+            sqlx::query("INSERT INTO catalog_labels (tenant, ref, key, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+                .bind(tenant).bind(ref_key).bind(k).bind(v).execute(&mut **tx).await?;
+        }
+        for tag in metadata.tags.iter().collect::<BTreeSet<_>>() {
+            sqlx::query("INSERT INTO catalog_tags (tenant, ref, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(tenant).bind(ref_key).bind(tag).execute(&mut **tx).await?;
+        }
+        let mut rows: BTreeSet<(String, i32, String)> = BTreeSet::new();
+        for (relation, target) in model::derive_relations(entity) {
+            let target_key = EntityKey::from_ref(&target).ref_key();
+            if target_key == ref_key {
+                continue;
+            }
+            rows.insert((ref_key.to_owned(), relation as i32, target_key.clone()));
+            rows.insert((
+                target_key,
+                model::inverse(relation) as i32,
+                ref_key.to_owned(),
+            ));
+        }
+        for (source, relation, target) in rows {
+            sqlx::query("INSERT INTO catalog_relations (tenant, source_ref, type, target_ref, origin_ref) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
+                .bind(tenant).bind(source).bind(relation).bind(target).bind(ref_key).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    async fn entity_delete(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        key: &EntityKey,
+    ) -> Result<bool, Error> {
+        let ref_key = key.ref_key();
+        let deleted = sqlx::query("DELETE FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+            .bind(tenant)
+            .bind(&ref_key)
+            .execute(&mut **tx)
+            .await?;
+        self.entity_index_clear(tx, tenant, &ref_key).await?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    fn entity_from_row(row: &AnyRow) -> Result<pb::Entity, Error> {
+        let body: Vec<u8> = row.try_get("body")?;
+        pb::Entity::decode(body.as_slice())
+            .map_err(|e| Error::internal(format!("stored entity: {e}")))
+    }
+
+    /// The relations of an entity, with whether each target exists.
+    async fn relations_of(&self, tenant: &str, ref_key: &str) -> Result<Vec<pb::Relation>, Error> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT r.type, r.target_ref, e.name AS target_name, e.kind AS target_kind, e.namespace AS target_ns \
+             FROM catalog_relations r LEFT JOIN catalog_entities e ON e.tenant = r.tenant AND e.ref = r.target_ref \
+             WHERE r.tenant = $1 AND r.source_ref = $2 ORDER BY r.type, r.target_ref",
+        )
+        .bind(tenant)
+        .bind(ref_key)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let relation: i32 = row.try_get("type")?;
+                let target_ref: String = row.try_get("target_ref")?;
+                let target_name: Option<String> = row.try_get("target_name")?;
+                let kind: Option<String> = row.try_get("target_kind")?;
+                let ns: Option<String> = row.try_get("target_ns")?;
+                let resolved = target_name.is_some();
+                Ok(pb::Relation {
+                    r#type: relation,
+                    type_name: model::backstage_type_name(relation).to_owned(),
+                    target_name: match (target_name, kind, ns) {
+                        (Some(n), Some(k), Some(s)) => {
+                            format!("tenants/{tenant}/entities/{k}/{s}/{n}")
+                        }
+                        _ => String::new(),
+                    },
+                    target_ref,
+                    target_resolved: resolved,
+                })
+            })
+            .collect::<Result<_, Error>>()
+    }
+
+    async fn entity_get(
+        &self,
+        tenant: &str,
+        key: &EntityKey,
+        full: bool,
+    ) -> Result<Option<pb::Entity>, Error> {
+        let row = sqlx::query("SELECT body FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+            .bind(tenant)
+            .bind(key.ref_key())
+            .fetch_optional(self.store.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut entity = Self::entity_from_row(&row)?;
+        if full {
+            entity.relations = self.relations_of(tenant, &key.ref_key()).await?;
+            if let Some(status) = entity.status.as_mut() {
+                status.unresolved_relation_count = entity
+                    .relations
+                    .iter()
+                    .filter(|r| !r.target_resolved)
+                    .count() as i32;
+            }
+        }
+        Ok(Some(entity))
+    }
+}
+
+/// A ListEntities filter and query as SQL over `catalog_entities e`, with bound parameters.
+struct EntityFilter {
+    clauses: Vec<String>,
+    params: Vec<String>,
+}
+
+impl EntityFilter {
+    fn param(&mut self, value: String) -> String {
+        self.params.push(value);
+        format!("${}", self.params.len() + 1) // $1 is the tenant
+    }
+
+    /// `column = value` or, with a trailing `*`, a prefix match; negated for `!=`.
+    fn compare(&mut self, column: &str, op: Op, value: &str, lowercase: bool) -> Result<(), Error> {
+        let value = if lowercase {
+            value.to_lowercase()
+        } else {
+            value.to_owned()
+        };
+        let negate = match op {
+            Op::Eq => false,
+            Op::Ne => true,
+            _ => {
+                return Err(Error::invalid_argument(
+                    "filter",
+                    format!("`{column}` supports = and !="),
+                ));
+            }
+        };
+        let clause = match value.strip_suffix('*') {
+            Some(prefix) => {
+                let p = self.param(prefix.to_owned());
+                format!("substr({column}, 1, length({p})) = {p}")
+            }
+            None => {
+                let p = self.param(value);
+                format!("{column} = {p}")
+            }
+        };
+        self.clauses.push(if negate {
+            format!("NOT ({clause})")
+        } else {
+            clause
+        });
+        Ok(())
+    }
+
+    fn parse(filter_text: &str, query: &str) -> Result<EntityFilter, Error> {
+        let mut f = EntityFilter {
+            clauses: Vec::new(),
+            params: Vec::new(),
+        };
+        for term in filter::parse(filter_text)? {
+            let field = term.field.as_str();
+            match field {
+                "kind" => f.compare("e.kind", term.op, &term.value, true)?,
+                "namespace" => f.compare("e.namespace", term.op, &term.value, true)?,
+                "name" | "metadata.name" => f.compare("e.name_key", term.op, &term.value, true)?,
+                "title" | "metadata.title" => f.compare("e.title", term.op, &term.value, false)?,
+                "type" | "spec.type" => f.compare("e.spec_type", term.op, &term.value, false)?,
+                "lifecycle" | "spec.lifecycle" => {
+                    f.compare("e.lifecycle", term.op, &term.value, false)?
+                }
+                "owner" | "system" => {
+                    let default_kind = if field == "owner" { "group" } else { "system" };
+                    let normalized =
+                        normalized_ref(term.value.trim_end_matches('*'), default_kind, "default");
+                    if normalized.is_empty() {
+                        return Err(Error::invalid_argument(
+                            "filter",
+                            format!(
+                                "`{}` is not an entity reference",
+                                names::printable(&term.value)
+                            ),
+                        ));
+                    }
+                    f.compare(&format!("e.{field}_ref"), term.op, &normalized, true)?;
+                }
+                "tags" => {
+                    if term.op != Op::Has {
+                        return Err(Error::invalid_argument("filter", "use `tags:\"value\"`"));
+                    }
+                    let p = f.param(term.value.clone());
+                    f.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_tags t WHERE t.tenant = e.tenant AND t.ref = e.ref AND t.tag = {p})"));
+                }
+                _ if field.starts_with("labels.") => {
+                    let key = field.trim_start_matches("labels.").to_owned();
+                    let k = f.param(key);
+                    match (term.op, term.value.as_str()) {
+                        (Op::Has, "*") => f.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k})")),
+                        (Op::Eq | Op::Ne, value) => {
+                            let v = f.param(value.to_owned());
+                            let exists = format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k} AND l.value = {v})");
+                            f.clauses.push(if term.op == Op::Ne { format!("NOT {exists}") } else { exists });
+                        }
+                        _ => return Err(Error::invalid_argument("filter", "labels.<key> supports =, != and :*")),
+                    }
+                }
+                other => {
+                    return Err(Error::invalid_argument(
+                        "filter",
+                        format!(
+                            "`{}` cannot be filtered on yet (supported: kind, namespace, name, title, type, lifecycle, owner, system, tags, labels.<key>)",
+                            names::printable(other)
+                        ),
+                    ));
+                }
+            }
+        }
+        if query.chars().count() > 256 {
+            return Err(Error::invalid_argument("query", "at most 256 characters"));
+        }
+        for word in query.split_whitespace() {
+            let p = f.param(word.to_lowercase());
+            // instr/strpos are not shared by both engines; a substring test through replace() is.
+            f.clauses.push(format!(
+                "length(e.search_text) <> length(replace(e.search_text, {p}, ''))"
+            ));
+        }
+        Ok(f)
+    }
+
+    fn where_sql(&self) -> String {
+        let mut sql = String::from(" WHERE e.tenant = $1");
+        for clause in &self.clauses {
+            sql.push_str(" AND ");
+            sql.push_str(clause);
+        }
+        sql
+    }
+}
+
+fn bind_all<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    params: &'q [String],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for p in params {
+        query = query.bind(p.as_str());
+    }
+    query
+}
+
+fn summary(tenant: &str, entity: &pb::Entity) -> pb::EntitySummary {
+    let key = EntityKey::of(entity);
+    let columns = summary_columns(entity);
+    let m = entity.metadata.clone().unwrap_or_default();
+    pb::EntitySummary {
+        name: resource_name(tenant, entity),
+        r#ref: key.ref_key(),
+        kind: entity.kind.clone(),
+        title: m.title,
+        description: m.description,
+        r#type: columns.spec_type,
+        lifecycle: columns.lifecycle,
+        owner_ref: columns.owner_ref,
+        system_ref: columns.system_ref,
+        tags: m.tags,
+        resolved: true,
+    }
+}
+
+fn unresolved_summary(ref_key: &str) -> pb::EntitySummary {
+    pb::EntitySummary {
+        r#ref: ref_key.to_owned(),
+        kind: ref_key.split(':').next().unwrap_or_default().to_owned(),
+        resolved: false,
+        ..Default::default()
+    }
+}
+
+/// The `CatalogService` implementation.
+#[derive(Debug, Clone)]
+pub struct CatalogService {
+    store: CatalogStore,
+    audit: AuditLog,
+}
+
+impl CatalogService {
+    pub fn new(store: Store, audit: AuditLog) -> Self {
+        CatalogService {
+            store: CatalogStore { store },
+            audit,
+        }
+    }
+
+    fn pool(&self) -> &sqlx::AnyPool {
+        self.store.store.pool()
+    }
+
+    /// Normalizes and validates a proto entity for Create/Update (the same rules as imports);
+    /// warnings are kept in its status.
+    fn validate(entity: &mut pb::Entity) -> Result<(), Error> {
+        let mut warnings = model::normalize_entity(entity);
+        let checked = model::check_entity(entity);
+        let violations: Vec<FieldViolation> = checked
+            .errors
+            .iter()
+            .map(|issue| {
+                FieldViolation::new(format!("entity.{}", issue.field), issue.message.clone())
+            })
+            .collect();
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        warnings.extend(checked.warnings);
+        let status = entity.status.get_or_insert_with(Default::default);
+        status.warnings = warnings
+            .into_iter()
+            .map(|w| issue(&w.field, &w.reason, w.message, w.line as i32))
+            .collect();
+        Ok(())
+    }
+
+    async fn entity_create(
+        &self,
+        ctx: &CallContext,
+        req: pb::CreateEntityRequest,
+    ) -> Result<pb::Entity, Error> {
+        let tenant = parse_tenant_name("parent", &req.parent)?;
+        idempotency::validate(&req.request_id)?;
+        let mut entity = req
+            .entity
+            .ok_or_else(|| Error::invalid_argument("entity", "required"))?;
+        Self::validate(&mut entity)?;
+        let key = EntityKey::of(&entity);
+        if !req.entity_id.is_empty()
+            && req.entity_id.to_lowercase()
+                != format!("{}/{}/{}", key.kind, key.namespace, key.name)
+        {
+            return Err(Error::invalid_argument(
+                "entity_id",
+                "must equal `{kind}/{namespace}/{name}` of the entity",
+            ));
+        }
+        entity.source = None;
+        let mut tx = self.store.store.write_tx().await?;
+        if let Some(previous) =
+            idempotency::lookup::<pb::Entity>(&mut tx, ctx, &req.request_id).await?
+        {
+            return Ok(previous);
+        }
+        let result = async {
+            require_tenant(&mut tx, &tenant).await?;
+            self.store
+                .entity_put(&mut tx, &tenant, &mut entity, "", true, "")
+                .await?;
+            idempotency::remember(&mut tx, ctx, &req.request_id, &entity).await?;
+            Ok(())
+        }
+        .await;
+        if req.validate_only {
+            drop(tx);
+            result?;
+        } else {
+            self.audit.finish(ctx, tx, result, &["entity"]).await?;
+        }
+        entity.relations = if req.validate_only {
+            Vec::new()
+        } else {
+            self.store.relations_of(&tenant, &key.ref_key()).await?
+        };
+        Ok(entity)
+    }
+
+    async fn entity_get(&self, req: &pb::GetEntityRequest) -> Result<pb::Entity, Error> {
+        let (tenant, key) = EntityKey::parse_name("name", &req.name)?;
+        let full = req.view != pb::EntityView::Basic as i32;
+        self.store
+            .entity_get(&tenant, &key, full)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                resource_type: "entity",
+                name: req.name.clone(),
+            })
+    }
+
+    async fn entities_batch_get(
+        &self,
+        req: &pb::BatchGetEntitiesRequest,
+    ) -> Result<pb::BatchGetEntitiesResponse, Error> {
+        let tenant = parse_tenant_name("parent", &req.parent)?;
+        if req.names.is_empty() || req.names.len() > 1000 {
+            return Err(Error::invalid_argument(
+                "names",
+                "between 1 and 1000 entities",
+            ));
+        }
+        let default_kind = (!req.default_kind.is_empty()).then_some(req.default_kind.as_str());
+        let full = req.view != pb::EntityView::Basic as i32;
+        let mut seen = HashSet::new();
+        let mut out = pb::BatchGetEntitiesResponse::default();
+        for (i, name) in req.names.iter().enumerate() {
+            let key = parse_name_or_ref(&format!("names[{i}]"), &tenant, name, default_kind)?;
+            if !seen.insert(key.clone()) {
+                continue;
+            }
+            match self.store.entity_get(&tenant, &key, full).await? {
+                Some(entity) => out.entities.push(entity),
+                None => out.not_found.push(name.clone()),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn entities_list(
+        &self,
+        req: &pb::ListEntitiesRequest,
+    ) -> Result<pb::ListEntitiesResponse, Error> {
+        let tenant = parse_tenant_name("parent", &req.parent)?;
+        if !matches!(
+            req.order_by.replace(' ', "").as_str(),
+            "" | "kind,namespace,name"
+        ) {
+            return Err(Error::invalid_argument(
+                "order_by",
+                "only the default order `kind, namespace, name` is supported yet",
+            ));
+        }
+        let page_size = pagination::page_size(req.page_size)?;
+        let filter = EntityFilter::parse(&req.filter, &req.query)?;
+        let fingerprint = pagination::query_fingerprint(&[
+            &tenant,
+            &req.filter,
+            &req.query,
+            &req.order_by,
+            &req.view.to_string(),
+        ]);
+        let after = pagination::decode_token(fingerprint, &req.page_token)?;
+        let where_sql = filter.where_sql();
+        let total: i64 = bind_all(
+            sqlx::query(&format!(
+                "SELECT COUNT(*) AS n FROM catalog_entities e{where_sql}"
+            ))
+            .bind(&tenant),
+            &filter.params,
+        )
+        .fetch_one(self.pool())
+        .await?
+        .try_get("n")?;
+        let mut sql = format!("SELECT e.body, e.ref FROM catalog_entities e{where_sql}");
+        let mut after_parts: Vec<String> = Vec::new();
+        if let Some(after) = &after {
+            after_parts = after.split('\u{0}').map(str::to_owned).collect();
+            if after_parts.len() != 3 {
+                return Err(Error::invalid_argument(
+                    "page_token",
+                    "not a page token of this query",
+                ));
+            }
+            let n = filter.params.len() + 2;
+            sql.push_str(&format!(
+                " AND (e.kind > ${n} OR (e.kind = ${n} AND (e.namespace > ${} OR (e.namespace = ${} AND e.name_key > ${}))))",
+                n + 1, n + 1, n + 2
+            ));
+        }
+        sql.push_str(&format!(
+            " ORDER BY e.kind, e.namespace, e.name_key LIMIT {}",
+            page_size + 1
+        ));
+        let mut query = bind_all(sqlx::query(&sql).bind(&tenant), &filter.params);
+        for part in &after_parts {
+            query = query.bind(part.as_str());
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        let more = rows.len() as i64 > page_size;
+        let full = req.view == pb::EntityView::Full as i32;
+        let mut entities = Vec::with_capacity(rows.len().min(page_size as usize));
+        for row in rows.iter().take(page_size as usize) {
+            let mut entity = CatalogStore::entity_from_row(row)?;
+            if full {
+                let ref_key: String = row.try_get("ref")?;
+                entity.relations = self.store.relations_of(&tenant, &ref_key).await?;
+            }
+            entities.push(entity);
+        }
+        let next_page_token = match (more, entities.last()) {
+            (true, Some(last)) => {
+                let k = EntityKey::of(last);
+                pagination::encode_token(
+                    fingerprint,
+                    &format!("{}\u{0}{}\u{0}{}", k.kind, k.namespace, k.name),
+                )
+            }
+            _ => String::new(),
+        };
+        Ok(pb::ListEntitiesResponse {
+            entities,
+            next_page_token,
+            total_size: i32::try_from(total).unwrap_or(i32::MAX),
+        })
+    }
+
+    async fn entity_update(
+        &self,
+        ctx: &CallContext,
+        req: pb::UpdateEntityRequest,
+    ) -> Result<pb::Entity, Error> {
+        let given = req
+            .entity
+            .ok_or_else(|| Error::invalid_argument("entity", "required"))?;
+        idempotency::validate(&req.request_id)?;
+        let (tenant, key) = EntityKey::parse_name("entity.name", &given.name)?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut tx = self.store.store.write_tx().await?;
+        if let Some(previous) =
+            idempotency::lookup::<pb::Entity>(&mut tx, ctx, &req.request_id).await?
+        {
+            return Ok(previous);
+        }
+        let result = async {
+            let row = sqlx::query("SELECT body, location_key FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+                .bind(&tenant)
+                .bind(key.ref_key())
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| Error::NotFound { resource_type: "entity", name: given.name.clone() })?;
+            let location_key: String = row.try_get("location_key")?;
+            if !location_key.is_empty() && !req.force_unmanaged {
+                return Err(Error::FailedPrecondition {
+                    message: "this entity is managed by an import location; re-import it, or set force_unmanaged".into(),
+                });
+            }
+            let current = CatalogStore::entity_from_row(&row)?;
+            let mut updated = apply_mask(&current, &given, &paths)?;
+            if EntityKey::of(&updated) != key {
+                return Err(Error::invalid_argument("entity", "kind, metadata.namespace and metadata.name are immutable"));
+            }
+            Self::validate(&mut updated)?;
+            updated.source = None;
+            self.store.entity_put(&mut tx, &tenant, &mut updated, "", false, &given.etag).await?;
+            idempotency::remember(&mut tx, ctx, &req.request_id, &updated).await?;
+            Ok(updated)
+        }
+        .await;
+        let changed: Vec<&str> = if paths.is_empty() {
+            vec!["*"]
+        } else {
+            paths.iter().map(String::as_str).collect()
+        };
+        let mut entity = if req.validate_only {
+            drop(tx);
+            result?
+        } else {
+            self.audit.finish(ctx, tx, result, &changed).await?
+        };
+        entity.relations = self.store.relations_of(&tenant, &key.ref_key()).await?;
+        Ok(entity)
+    }
+
+    async fn entity_delete(
+        &self,
+        ctx: &CallContext,
+        req: pb::DeleteEntityRequest,
+    ) -> Result<(), Error> {
+        let (tenant, key) = EntityKey::parse_name("name", &req.name)?;
+        let mut tx = self.store.store.write_tx().await?;
+        let etag: Option<String> =
+            sqlx::query_scalar("SELECT etag FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+                .bind(&tenant)
+                .bind(key.ref_key())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(etag) = etag else {
+            return if req.allow_missing {
+                Ok(())
+            } else {
+                Err(Error::NotFound {
+                    resource_type: "entity",
+                    name: req.name.clone(),
+                })
+            };
+        };
+        let result = async {
+            if !req.etag.is_empty() && req.etag != etag {
+                return Err(Error::Aborted {
+                    message: "etag mismatch: the entity changed since it was read".into(),
+                });
+            }
+            if !req.validate_only {
+                self.store.entity_delete(&mut tx, &tenant, &key).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if req.validate_only {
+            return result;
+        }
+        self.audit.finish(ctx, tx, result, &["entity"]).await
+    }
+}
+
+async fn require_tenant(tx: &mut WriteTx, tenant: &str) -> Result<(), Error> {
+    let state: Option<i32> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if state == Some(1) {
+        Ok(())
+    } else {
+        Err(Error::NotFound {
+            resource_type: "tenant",
+            name: format!("tenants/{tenant}"),
+        })
+    }
+}
+
+/// Applies an UpdateEntity mask to the stored entity. Empty mask: every field set in `given`
+/// (AIP-134); `*`: replace the whole entity.
+fn apply_mask(
+    current: &pb::Entity,
+    given: &pb::Entity,
+    paths: &[String],
+) -> Result<pb::Entity, Error> {
+    let mut out = current.clone();
+    let given_meta = given.metadata.clone().unwrap_or_default();
+    let meta = out.metadata.get_or_insert_with(Default::default);
+    let paths: Vec<String> = if paths.is_empty() {
+        let mut implied = Vec::new();
+        if !given.api_version.is_empty() {
+            implied.push("api_version".to_owned());
+        }
+        if !given_meta.title.is_empty() {
+            implied.push("metadata.title".into());
+        }
+        if !given_meta.description.is_empty() {
+            implied.push("metadata.description".into());
+        }
+        if !given_meta.labels.is_empty() {
+            implied.push("metadata.labels".into());
+        }
+        if !given_meta.annotations.is_empty() {
+            implied.push("metadata.annotations".into());
+        }
+        if !given_meta.tags.is_empty() {
+            implied.push("metadata.tags".into());
+        }
+        if !given_meta.links.is_empty() {
+            implied.push("metadata.links".into());
+        }
+        if given.spec.is_some() {
+            implied.push("spec".into());
+        }
+        if given.additional_spec.is_some() {
+            implied.push("additional_spec".into());
+        }
+        implied
+    } else {
+        paths.to_vec()
+    };
+    for path in &paths {
+        match path.as_str() {
+            "*" => {
+                let mut whole = given.clone();
+                whole.name = current.name.clone();
+                return Ok(whole);
+            }
+            "api_version" => out.api_version = given.api_version.clone(),
+            "metadata.title" => meta.title = given_meta.title.clone(),
+            "metadata.description" => meta.description = given_meta.description.clone(),
+            "metadata.labels" => meta.labels = given_meta.labels.clone(),
+            "metadata.annotations" => meta.annotations = given_meta.annotations.clone(),
+            "metadata.tags" => meta.tags = given_meta.tags.clone(),
+            "metadata.links" => meta.links = given_meta.links.clone(),
+            "additional_spec" => out.additional_spec = given.additional_spec.clone(),
+            "spec" | "component_spec" | "api_spec" | "resource_spec" | "system_spec"
+            | "domain_spec" | "group_spec" | "user_spec" | "location_spec" => {
+                out.spec = given.spec.clone()
+            }
+            p if p.starts_with("metadata.labels.") => {
+                let k = &p["metadata.labels.".len()..];
+                match given_meta.labels.get(k) {
+                    Some(v) => {
+                        meta.labels.insert(k.to_owned(), v.clone());
+                    }
+                    None => {
+                        meta.labels.remove(k);
+                    }
+                }
+            }
+            "kind" | "metadata.name" | "metadata.namespace" => {}
+            other => {
+                return Err(Error::invalid_argument(
+                    "update_mask",
+                    format!("`{}` cannot be updated", names::printable(other)),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn issue(field: &str, reason: &str, message: String, line: i32) -> pb::EntityIssue {
+    pb::EntityIssue {
+        field: field.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        line,
+    }
+}
+
+impl CatalogService {
+    #[instrument(skip_all)]
+    async fn entities_import(
+        &self,
+        ctx: &CallContext,
+        req: pb::ImportEntitiesRequest,
+    ) -> Result<pb::ImportEntitiesResponse, Error> {
+        let tenant = parse_tenant_name("parent", &req.parent)?;
+        idempotency::validate(&req.request_id)?;
+        if req.sources.is_empty() || req.sources.len() > MAX_IMPORT_SOURCES {
+            return Err(Error::invalid_argument(
+                "sources",
+                format!("between 1 and {MAX_IMPORT_SOURCES} sources"),
+            ));
+        }
+        if req.prune && req.location_key.is_empty() {
+            return Err(Error::invalid_argument("prune", "needs a location_key"));
+        }
+        let mut violations = Vec::new();
+        names::validate_text("location_key", &req.location_key, 512, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::InvalidArgument(violations));
+        }
+        // Parse everything first: a source that is not YAML, or breaks a limit, rejects the whole
+        // request before anything is written.
+        let limits = model::Limits::default();
+        let mut documents = Vec::new();
+        let mut parse_violations = Vec::new();
+        for (i, source) in req.sources.iter().enumerate() {
+            match model::parse_documents(&source.content, &limits) {
+                Ok(docs) => documents.extend(docs.into_iter().map(|d| (i, d))),
+                Err(err) => parse_violations.push(FieldViolation::new(
+                    format!("sources[{i}].content"),
+                    err.to_string(),
+                )),
+            }
+        }
+        if !parse_violations.is_empty() {
+            return Err(Error::InvalidArgument(parse_violations));
+        }
+
+        let mut tx = self.store.store.write_tx().await?;
+        if let Some(previous) =
+            idempotency::lookup::<pb::ImportEntitiesResponse>(&mut tx, ctx, &req.request_id).await?
+        {
+            return Ok(previous);
+        }
+        let result = async {
+            require_tenant(&mut tx, &tenant).await?;
+            let mut response = pb::ImportEntitiesResponse::default();
+            let mut seen: HashMap<EntityKey, usize> = HashMap::new();
+            let mut imported: BTreeSet<String> = BTreeSet::new();
+            for (source_index, doc) in &documents {
+                let mut result = pb::ImportDocumentResult {
+                    source_index: *source_index as i32,
+                    document_index: doc.index as i32,
+                    line: doc.line as i32,
+                    ..Default::default()
+                };
+                match model::document_to_entity(doc) {
+                    model::DocumentOutcome::Invalid { errors } => {
+                        result.action = pb::ImportAction::Failed as i32;
+                        result.errors = errors.into_iter().map(|e| issue(&e.field, &e.reason, e.message, e.line as i32)).collect();
+                    }
+                    model::DocumentOutcome::Entity { mut entity, warnings } => {
+                        let key = EntityKey::of(&entity);
+                        result.entity_ref = key.ref_key();
+                        result.warnings = warnings.into_iter().map(|w| issue(&w.field, &w.reason, w.message, w.line as i32)).collect();
+                        if seen.contains_key(&key) {
+                            result.action = pb::ImportAction::Failed as i32;
+                            result.errors.push(issue("metadata.name", "DUPLICATE_ENTITY", format!("{} is declared earlier in this request", key.ref_key()), doc.line as i32));
+                        } else {
+                            seen.insert(key.clone(), response.results.len());
+                            entity.source = Some(pb::EntitySource {
+                                location_key: req.location_key.clone(),
+                                path: req.sources.get(*source_index).map(|s| s.path.clone()).unwrap_or_default(),
+                                document_index: doc.index as i32,
+                            });
+                            let status = entity.status.get_or_insert_with(Default::default);
+                            status.warnings = result.warnings.clone();
+                            // An entity another location manages is not taken over silently.
+                            let owner: Option<String> = sqlx::query_scalar("SELECT location_key FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+                                .bind(&tenant)
+                                .bind(key.ref_key())
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                            match owner {
+                                Some(other) if !other.is_empty() && other != req.location_key => {
+                                    result.action = pb::ImportAction::Failed as i32;
+                                    result.errors.push(issue("", "MANAGED_BY_OTHER_LOCATION", "this entity is managed by another import location".into(), doc.line as i32));
+                                }
+                                _ => {
+                                    let outcome = self.store.entity_put(&mut tx, &tenant, &mut entity, &req.location_key, false, "").await?;
+                                    result.action = match outcome {
+                                        PutOutcome::Created => pb::ImportAction::Created,
+                                        PutOutcome::Updated => pb::ImportAction::Updated,
+                                        PutOutcome::Unchanged => pb::ImportAction::Unchanged,
+                                    } as i32;
+                                    result.entity_name = entity.name.clone();
+                                    imported.insert(key.ref_key());
+                                    if req.return_entities {
+                                        result.entity = Some(entity);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                response.results.push(result);
+            }
+            let failed = response.results.iter().any(|r| r.action == pb::ImportAction::Failed as i32);
+            if req.prune && !failed {
+                let managed: Vec<String> = sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND location_key = $2")
+                    .bind(&tenant)
+                    .bind(&req.location_key)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for ref_key in managed.into_iter().filter(|r| !imported.contains(r)) {
+                    let r = model::parse_entity_ref(&ref_key, None, "default").map_err(|e| Error::internal(format!("stored ref: {e}")))?;
+                    self.store.entity_delete(&mut tx, &tenant, &EntityKey::from_ref(&r)).await?;
+                    response.results.push(pb::ImportDocumentResult {
+                        action: pb::ImportAction::Deleted as i32,
+                        entity_ref: ref_key,
+                        source_index: -1,
+                        document_index: -1,
+                        ..Default::default()
+                    });
+                }
+            }
+            for r in &response.results {
+                match pb::ImportAction::try_from(r.action) {
+                    Ok(pb::ImportAction::Created) => response.created_count += 1,
+                    Ok(pb::ImportAction::Updated) => response.updated_count += 1,
+                    Ok(pb::ImportAction::Unchanged) => response.unchanged_count += 1,
+                    Ok(pb::ImportAction::Failed) => response.failed_count += 1,
+                    Ok(pb::ImportAction::Deleted) => response.deleted_count += 1,
+                    _ => {}
+                }
+                response.warning_count += r.warnings.len() as i32;
+            }
+            idempotency::remember(&mut tx, ctx, &req.request_id, &response).await?;
+            Ok(response)
+        }
+        .await;
+        if req.validate_only {
+            drop(tx);
+            return result;
+        }
+        self.audit.finish(ctx, tx, result, &["entities"]).await
+    }
+
+    async fn relations_list(
+        &self,
+        req: &pb::ListEntityRelationsRequest,
+    ) -> Result<pb::ListEntityRelationsResponse, Error> {
+        let (tenant, key) = EntityKey::parse_name("parent", &req.parent)?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+                .bind(&tenant)
+                .bind(key.ref_key())
+                .fetch_optional(self.pool())
+                .await?;
+        if exists.is_none() {
+            return Err(Error::NotFound {
+                resource_type: "entity",
+                name: req.parent.clone(),
+            });
+        }
+        let types: HashSet<i32> = req.relation_types.iter().copied().collect();
+        let mut relations = Vec::new();
+        for relation in self.store.relations_of(&tenant, &key.ref_key()).await? {
+            if (!types.is_empty() && !types.contains(&relation.r#type))
+                || (req.resolved_only && !relation.target_resolved)
+            {
+                continue;
+            }
+            let target = if relation.target_resolved {
+                let r = model::parse_entity_ref(&relation.target_ref, None, "default")
+                    .map_err(|e| Error::internal(e.to_string()))?;
+                self.store
+                    .entity_get(&tenant, &EntityKey::from_ref(&r), false)
+                    .await?
+                    .map(|e| summary(&tenant, &e))
+            } else {
+                Some(unresolved_summary(&relation.target_ref))
+            };
+            relations.push(pb::RelationWithTarget {
+                relation: Some(relation),
+                target,
+            });
+        }
+        let key_of = |r: &pb::RelationWithTarget| {
+            r.relation
+                .as_ref()
+                .map(|r| format!("{:03}\u{0}{}", r.r#type, r.target_ref))
+                .unwrap_or_default()
+        };
+        let page_size = req.page_size;
+        let query = format!("{:?}{}", req.relation_types, req.resolved_only);
+        let (relations, next_page_token, total) = pagination::paginate(
+            relations,
+            page_size,
+            &req.page_token,
+            &[&req.parent, &query],
+            key_of,
+        )?;
+        Ok(pb::ListEntityRelationsResponse {
+            relations,
+            next_page_token,
+            total_size: total,
+        })
+    }
+
+    async fn graph_traverse(
+        &self,
+        req: &pb::TraverseEntityGraphRequest,
+    ) -> Result<pb::TraverseEntityGraphResponse, Error> {
+        let tenant = parse_tenant_name("parent", &req.parent)?;
+        if req.roots.is_empty() || req.roots.len() > MAX_TRAVERSAL_ROOTS {
+            return Err(Error::invalid_argument("roots", "between 1 and 100 roots"));
+        }
+        if req.relation_types.is_empty()
+            || req
+                .relation_types
+                .iter()
+                .any(|t| *t == 0 || pb::RelationType::try_from(*t).is_err())
+        {
+            return Err(Error::invalid_argument(
+                "relation_types",
+                "at least one known relation type",
+            ));
+        }
+        let direction = pb::TraversalDirection::try_from(req.direction)
+            .unwrap_or(pb::TraversalDirection::Unspecified);
+        if direction == pb::TraversalDirection::Unspecified {
+            return Err(Error::invalid_argument(
+                "direction",
+                "required: DOWNSTREAM, UPSTREAM or BOTH",
+            ));
+        }
+        let max_depth = match req.max_depth {
+            0 => 3,
+            d @ 1..=10 => d,
+            _ => return Err(Error::invalid_argument("max_depth", "between 1 and 10")),
+        };
+        let max_nodes = match req.max_nodes {
+            0 => 1000,
+            n @ 1..=10_000 => n as usize,
+            _ => return Err(Error::invalid_argument("max_nodes", "between 1 and 10000")),
+        };
+        if !req.node_filter.is_empty() {
+            return Err(Error::invalid_argument(
+                "node_filter",
+                "node filters are not supported yet",
+            ));
+        }
+        // The relation rows to follow: forwards for DOWNSTREAM; the inverse rows (X has T to E is
+        // stored as E has inverse(T) to X) for UPSTREAM.
+        let mut follow: BTreeSet<i32> = BTreeSet::new();
+        for t in &req.relation_types {
+            let relation = pb::RelationType::try_from(*t)
+                .map_err(|_| Error::invalid_argument("relation_types", "unknown type"))?;
+            if matches!(
+                direction,
+                pb::TraversalDirection::Downstream | pb::TraversalDirection::Both
+            ) {
+                follow.insert(relation as i32);
+            }
+            if matches!(
+                direction,
+                pb::TraversalDirection::Upstream | pb::TraversalDirection::Both
+            ) {
+                follow.insert(model::inverse(relation) as i32);
+            }
+        }
+        let follow_sql = follow
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut depth_of: BTreeMap<String, i32> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        for (i, root) in req.roots.iter().enumerate() {
+            let key = parse_name_or_ref(&format!("roots[{i}]"), &tenant, root, None)?;
+            if let std::collections::btree_map::Entry::Vacant(slot) = depth_of.entry(key.ref_key())
+            {
+                slot.insert(0);
+                order.push(key.ref_key());
+            }
+        }
+        let mut edges: BTreeSet<(String, i32, String)> = BTreeSet::new();
+        let mut frontier: Vec<String> = order.clone();
+        let mut truncated = false;
+        'levels: for depth in 1..=max_depth {
+            if frontier.is_empty() {
+                break;
+            }
+            let mut next: BTreeSet<String> = BTreeSet::new();
+            for chunk in frontier.chunks(200) {
+                let placeholders: Vec<String> =
+                    (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "SELECT DISTINCT source_ref, type, target_ref FROM catalog_relations WHERE tenant = $1 AND type IN ({follow_sql}) AND source_ref IN ({}) ORDER BY source_ref, type, target_ref",
+                    placeholders.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(&tenant);
+                for r in chunk {
+                    query = query.bind(r.as_str());
+                }
+                for row in query.fetch_all(self.pool()).await? {
+                    let source: String = row.try_get("source_ref")?;
+                    let relation: i32 = row.try_get("type")?;
+                    let target: String = row.try_get("target_ref")?;
+                    // Edges are reported as the relation reads forwards.
+                    let forward = req.relation_types.contains(&relation);
+                    let edge = if forward {
+                        (source.clone(), relation, target.clone())
+                    } else {
+                        let inverse = pb::RelationType::try_from(relation)
+                            .map(|r| model::inverse(r) as i32)
+                            .unwrap_or(relation);
+                        (target.clone(), inverse, source.clone())
+                    };
+                    edges.insert(edge);
+                    if !depth_of.contains_key(&target) {
+                        next.insert(target);
+                    }
+                }
+            }
+            let mut level: Vec<String> = Vec::new();
+            for r in next {
+                if order.len() >= max_nodes {
+                    truncated = true;
+                    break;
+                }
+                depth_of.insert(r.clone(), depth);
+                order.push(r.clone());
+                level.push(r);
+            }
+            frontier = level;
+            if truncated {
+                break 'levels;
+            }
+        }
+        let mut nodes = Vec::with_capacity(order.len());
+        for r in &order {
+            let parsed = model::parse_entity_ref(r, None, "default")
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let entity = self
+                .store
+                .entity_get(&tenant, &EntityKey::from_ref(&parsed), false)
+                .await?;
+            let node_summary = match entity {
+                Some(e) => summary(&tenant, &e),
+                None if req.exclude_unresolved => continue,
+                None => unresolved_summary(r),
+            };
+            nodes.push(pb::GraphNode {
+                entity: Some(node_summary),
+                depth: depth_of.get(r).copied().unwrap_or_default(),
+            });
+        }
+        let kept: HashSet<&str> = nodes
+            .iter()
+            .filter_map(|n| n.entity.as_ref().map(|e| e.r#ref.as_str()))
+            .collect();
+        let edges = edges
+            .into_iter()
+            .filter(|(s, _, t)| kept.contains(s.as_str()) && kept.contains(t.as_str()))
+            .map(|(source_ref, r#type, target_ref)| pb::GraphEdge {
+                source_ref,
+                target_ref,
+                r#type,
+            })
+            .collect();
+        Ok(pb::TraverseEntityGraphResponse {
+            nodes,
+            edges,
+            truncated,
+        })
+    }
+}
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+fn ok<T>(result: Result<T, Error>) -> Rpc<T> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl pb::catalog_service_server::CatalogService for CatalogService {
+    #[instrument(skip_all)]
+    async fn create_entity(&self, request: Request<pb::CreateEntityRequest>) -> Rpc<pb::Entity> {
+        let ctx = CallContext::of(&request)?;
+        ok(self.entity_create(&ctx, request.into_inner()).await)
+    }
+    #[instrument(skip_all)]
+    async fn get_entity(&self, request: Request<pb::GetEntityRequest>) -> Rpc<pb::Entity> {
+        ok(self.entity_get(request.get_ref()).await)
+    }
+    #[instrument(skip_all)]
+    async fn batch_get_entities(
+        &self,
+        request: Request<pb::BatchGetEntitiesRequest>,
+    ) -> Rpc<pb::BatchGetEntitiesResponse> {
+        ok(self.entities_batch_get(request.get_ref()).await)
+    }
+    #[instrument(skip_all)]
+    async fn list_entities(
+        &self,
+        request: Request<pb::ListEntitiesRequest>,
+    ) -> Rpc<pb::ListEntitiesResponse> {
+        ok(self.entities_list(request.get_ref()).await)
+    }
+    #[instrument(skip_all)]
+    async fn update_entity(&self, request: Request<pb::UpdateEntityRequest>) -> Rpc<pb::Entity> {
+        let ctx = CallContext::of(&request)?;
+        ok(self.entity_update(&ctx, request.into_inner()).await)
+    }
+    #[instrument(skip_all)]
+    async fn delete_entity(&self, request: Request<pb::DeleteEntityRequest>) -> Rpc<()> {
+        let ctx = CallContext::of(&request)?;
+        ok(self.entity_delete(&ctx, request.into_inner()).await)
+    }
+    #[instrument(skip_all)]
+    async fn import_entities(
+        &self,
+        request: Request<pb::ImportEntitiesRequest>,
+    ) -> Rpc<pb::ImportEntitiesResponse> {
+        let ctx = CallContext::of(&request)?;
+        ok(self.entities_import(&ctx, request.into_inner()).await)
+    }
+    #[instrument(skip_all)]
+    async fn list_entity_relations(
+        &self,
+        request: Request<pb::ListEntityRelationsRequest>,
+    ) -> Rpc<pb::ListEntityRelationsResponse> {
+        ok(self.relations_list(request.get_ref()).await)
+    }
+    async fn search_entities(
+        &self,
+        _: Request<pb::SearchEntitiesRequest>,
+    ) -> Rpc<pb::SearchEntitiesResponse> {
+        Err(Error::unimplemented(
+            "CatalogService.SearchEntities is not implemented yet; use ListEntities with `query`",
+        )
+        .into())
+    }
+    async fn get_entity_facets(
+        &self,
+        _: Request<pb::GetEntityFacetsRequest>,
+    ) -> Rpc<pb::GetEntityFacetsResponse> {
+        Err(Error::unimplemented("CatalogService.GetEntityFacets is not implemented yet").into())
+    }
+    async fn get_catalog_settings(
+        &self,
+        _: Request<pb::GetCatalogSettingsRequest>,
+    ) -> Rpc<pb::CatalogSettings> {
+        Err(Error::unimplemented("CatalogService.GetCatalogSettings is not implemented yet").into())
+    }
+    async fn update_catalog_settings(
+        &self,
+        _: Request<pb::UpdateCatalogSettingsRequest>,
+    ) -> Rpc<pb::CatalogSettings> {
+        Err(
+            Error::unimplemented("CatalogService.UpdateCatalogSettings is not implemented yet")
+                .into(),
+        )
+    }
+    #[instrument(skip_all)]
+    async fn traverse_entity_graph(
+        &self,
+        request: Request<pb::TraverseEntityGraphRequest>,
+    ) -> Rpc<pb::TraverseEntityGraphResponse> {
+        ok(self.graph_traverse(request.get_ref()).await)
+    }
+}

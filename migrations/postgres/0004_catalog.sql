@@ -26,9 +26,11 @@ CREATE TABLE IF NOT EXISTS catalog_entities (
     PRIMARY KEY (tenant, kind, namespace, name_key)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS catalog_entities_ref ON catalog_entities (tenant, ref);
-CREATE INDEX IF NOT EXISTS catalog_entities_owner ON catalog_entities (tenant, owner_ref);
-CREATE INDEX IF NOT EXISTS catalog_entities_system ON catalog_entities (tenant, system_ref);
-CREATE INDEX IF NOT EXISTS catalog_entities_type ON catalog_entities (tenant, kind, spec_type);
+-- Filter columns lead, then the default sort key, so a filtered page is read in order from the
+-- index without scanning the tenant.
+CREATE INDEX IF NOT EXISTS catalog_entities_owner ON catalog_entities (tenant, owner_ref, kind, namespace, name_key);
+CREATE INDEX IF NOT EXISTS catalog_entities_system ON catalog_entities (tenant, system_ref, kind, namespace, name_key);
+CREATE INDEX IF NOT EXISTS catalog_entities_type ON catalog_entities (tenant, kind, spec_type, namespace, name_key);
 
 CREATE TABLE IF NOT EXISTS catalog_labels (
     tenant TEXT NOT NULL,

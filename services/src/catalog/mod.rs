@@ -398,13 +398,37 @@ impl CatalogStore {
         entity: &pb::Entity,
     ) -> Result<(), Error> {
         let metadata = entity.metadata.clone().unwrap_or_default();
-        for (k, v) in &metadata.labels {
-            sqlx::query("INSERT INTO catalog_labels (tenant, ref, key, value) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-                .bind(tenant).bind(ref_key).bind(k).bind(v).execute(&mut **tx).await?;
+        // One multi-row INSERT per table: an entity's index rows cost three statements, not one
+        // per label, tag and relation (imports write thousands of entities per call).
+        let labels: Vec<(&String, &String)> = metadata.labels.iter().collect();
+        if !labels.is_empty() {
+            let values: Vec<String> = (0..labels.len())
+                .map(|i| format!("($1, $2, ${}, ${})", 3 + 2 * i, 4 + 2 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO catalog_labels (tenant, ref, key, value) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant).bind(ref_key);
+            for (k, v) in &labels {
+                query = query.bind(k.as_str()).bind(v.as_str());
+            }
+            query.execute(&mut **tx).await?;
         }
-        for tag in metadata.tags.iter().collect::<BTreeSet<_>>() {
-            sqlx::query("INSERT INTO catalog_tags (tenant, ref, tag) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(tenant).bind(ref_key).bind(tag).execute(&mut **tx).await?;
+        let tags: BTreeSet<&String> = metadata.tags.iter().collect();
+        if !tags.is_empty() {
+            let values: Vec<String> = (0..tags.len())
+                .map(|i| format!("($1, $2, ${})", 3 + i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO catalog_tags (tenant, ref, tag) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant).bind(ref_key);
+            for tag in &tags {
+                query = query.bind(tag.as_str());
+            }
+            query.execute(&mut **tx).await?;
         }
         let mut rows: BTreeSet<(String, i32, String)> = BTreeSet::new();
         for (relation, target) in model::derive_relations(entity) {
@@ -419,9 +443,24 @@ impl CatalogStore {
                 ref_key.to_owned(),
             ));
         }
-        for (source, relation, target) in rows {
-            sqlx::query("INSERT INTO catalog_relations (tenant, source_ref, type, target_ref, origin_ref) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
-                .bind(tenant).bind(source).bind(relation).bind(target).bind(ref_key).execute(&mut **tx).await?;
+        let rows: Vec<_> = rows.into_iter().collect();
+        // At most 300 rows (1,200 parameters) per statement, well under both engines' limits.
+        for chunk in rows.chunks(300) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${}, ${}, $2)", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO catalog_relations (tenant, origin_ref, source_ref, type, target_ref) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant).bind(ref_key);
+            for (source, relation, target) in chunk {
+                query = query
+                    .bind(source.as_str())
+                    .bind(*relation)
+                    .bind(target.as_str());
+            }
+            query.execute(&mut **tx).await?;
         }
         Ok(())
     }
@@ -481,6 +520,34 @@ impl CatalogStore {
                 })
             })
             .collect::<Result<_, Error>>()
+    }
+
+    /// The stored entities among `refs` (canonical lowercase references), by reference.
+    async fn entities_by_ref(
+        &self,
+        tenant: &str,
+        refs: &[String],
+    ) -> Result<HashMap<String, pb::Entity>, Error> {
+        let mut out = HashMap::with_capacity(refs.len());
+        for chunk in refs.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT ref, body FROM catalog_entities WHERE tenant = $1 AND ref IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant);
+            for r in chunk {
+                query = query.bind(r.as_str());
+            }
+            for row in query.fetch_all(self.store.pool()).await? {
+                out.insert(
+                    row.try_get::<String, _>("ref")?,
+                    Self::entity_from_row(&row)?,
+                );
+            }
+        }
+        Ok(out)
     }
 
     async fn entity_get(
@@ -1454,16 +1521,11 @@ impl CatalogService {
                 break 'levels;
             }
         }
+        let stored = self.store.entities_by_ref(&tenant, &order).await?;
         let mut nodes = Vec::with_capacity(order.len());
         for r in &order {
-            let parsed = model::parse_entity_ref(r, None, "default")
-                .map_err(|e| Error::internal(e.to_string()))?;
-            let entity = self
-                .store
-                .entity_get(&tenant, &EntityKey::from_ref(&parsed), false)
-                .await?;
-            let node_summary = match entity {
-                Some(e) => summary(&tenant, &e),
+            let node_summary = match stored.get(r) {
+                Some(e) => summary(&tenant, e),
                 None if req.exclude_unresolved => continue,
                 None => unresolved_summary(r),
             };

@@ -447,7 +447,7 @@ impl CatalogStore {
         // At most 300 rows (1,200 parameters) per statement, well under both engines' limits.
         for chunk in rows.chunks(300) {
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("($1, ${}, ${}, ${}, $2)", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
+                .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
                 .collect();
             let sql = format!(
                 "INSERT INTO catalog_relations (tenant, origin_ref, source_ref, type, target_ref) VALUES {} ON CONFLICT DO NOTHING",

@@ -238,6 +238,17 @@ fn search_text(entity: &pb::Entity) -> String {
     format!("{}\n{}\n{}", m.name, m.title, m.description).to_lowercase()
 }
 
+/// The stored state of an entity that decides what a write does to it.
+#[derive(Debug, Clone)]
+struct StoredHead {
+    uid: String,
+    content_hash: String,
+    etag: String,
+    location_key: String,
+    create_time_us: i64,
+    update_time_us: i64,
+}
+
 /// What writing an entity did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PutOutcome {
@@ -397,68 +408,202 @@ impl CatalogStore {
         ref_key: &str,
         entity: &pb::Entity,
     ) -> Result<(), Error> {
-        let metadata = entity.metadata.clone().unwrap_or_default();
-        // One multi-row INSERT per table: an entity's index rows cost three statements, not one
-        // per label, tag and relation (imports write thousands of entities per call).
-        let labels: Vec<(&String, &String)> = metadata.labels.iter().collect();
-        if !labels.is_empty() {
-            let values: Vec<String> = (0..labels.len())
-                .map(|i| format!("($1, $2, ${}, ${})", 3 + 2 * i, 4 + 2 * i))
+        self.index_write_batch(tx, tenant, &[(ref_key.to_owned(), entity)])
+            .await
+    }
+
+    /// Writes the labels, tags and declared relations of many entities with multi-row INSERTs
+    /// (a few statements per few hundred entities: imports write thousands per call).
+    async fn index_write_batch(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        entities: &[(String, &pb::Entity)],
+    ) -> Result<(), Error> {
+        let mut labels: Vec<(&str, String, String)> = Vec::new();
+        let mut tags: BTreeSet<(&str, String)> = BTreeSet::new();
+        let mut relations: BTreeSet<(String, i32, String, &str)> = BTreeSet::new();
+        for (ref_key, entity) in entities {
+            let ref_key = ref_key.as_str();
+            if let Some(metadata) = &entity.metadata {
+                for (k, v) in &metadata.labels {
+                    labels.push((ref_key, k.clone(), v.clone()));
+                }
+                for tag in &metadata.tags {
+                    tags.insert((ref_key, tag.clone()));
+                }
+            }
+            for (relation, target) in model::derive_relations(entity) {
+                let target_key = EntityKey::from_ref(&target).ref_key();
+                if target_key == ref_key {
+                    continue;
+                }
+                relations.insert((
+                    ref_key.to_owned(),
+                    relation as i32,
+                    target_key.clone(),
+                    ref_key,
+                ));
+                relations.insert((
+                    target_key,
+                    model::inverse(relation) as i32,
+                    ref_key.to_owned(),
+                    ref_key,
+                ));
+            }
+        }
+        // At most 250 rows (≤ 1,001 parameters) per statement, well under both engines' limits.
+        for chunk in labels.chunks(250) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
                 .collect();
             let sql = format!(
                 "INSERT INTO catalog_labels (tenant, ref, key, value) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(tenant).bind(ref_key);
-            for (k, v) in &labels {
-                query = query.bind(k.as_str()).bind(v.as_str());
+            let mut query = sqlx::query(&sql).bind(tenant);
+            for (r, k, v) in chunk {
+                query = query.bind(*r).bind(k.as_str()).bind(v.as_str());
             }
             query.execute(&mut **tx).await?;
         }
-        let tags: BTreeSet<&String> = metadata.tags.iter().collect();
-        if !tags.is_empty() {
-            let values: Vec<String> = (0..tags.len())
-                .map(|i| format!("($1, $2, ${})", 3 + i))
+        let tags: Vec<_> = tags.into_iter().collect();
+        for chunk in tags.chunks(250) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, ${})", 2 + 2 * i, 3 + 2 * i))
                 .collect();
             let sql = format!(
                 "INSERT INTO catalog_tags (tenant, ref, tag) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(tenant).bind(ref_key);
-            for tag in &tags {
-                query = query.bind(tag.as_str());
+            let mut query = sqlx::query(&sql).bind(tenant);
+            for (r, tag) in chunk {
+                query = query.bind(*r).bind(tag.as_str());
             }
             query.execute(&mut **tx).await?;
         }
-        let mut rows: BTreeSet<(String, i32, String)> = BTreeSet::new();
-        for (relation, target) in model::derive_relations(entity) {
-            let target_key = EntityKey::from_ref(&target).ref_key();
-            if target_key == ref_key {
-                continue;
-            }
-            rows.insert((ref_key.to_owned(), relation as i32, target_key.clone()));
-            rows.insert((
-                target_key,
-                model::inverse(relation) as i32,
-                ref_key.to_owned(),
-            ));
-        }
-        let rows: Vec<_> = rows.into_iter().collect();
-        // At most 300 rows (1,200 parameters) per statement, well under both engines' limits.
-        for chunk in rows.chunks(300) {
+        let relations: Vec<_> = relations.into_iter().collect();
+        for chunk in relations.chunks(250) {
             let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
+                .map(|i| {
+                    format!(
+                        "($1, ${}, ${}, ${}, ${})",
+                        2 + 4 * i,
+                        3 + 4 * i,
+                        4 + 4 * i,
+                        5 + 4 * i
+                    )
+                })
                 .collect();
             let sql = format!(
-                "INSERT INTO catalog_relations (tenant, origin_ref, source_ref, type, target_ref) VALUES {} ON CONFLICT DO NOTHING",
+                "INSERT INTO catalog_relations (tenant, source_ref, type, target_ref, origin_ref) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(tenant).bind(ref_key);
-            for (source, relation, target) in chunk {
+            let mut query = sqlx::query(&sql).bind(tenant);
+            for (source, relation, target, origin) in chunk {
                 query = query
                     .bind(source.as_str())
                     .bind(*relation)
-                    .bind(target.as_str());
+                    .bind(target.as_str())
+                    .bind(*origin);
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// What is stored now of each entity among `refs`, for deciding what an import changes.
+    async fn heads_by_ref(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        refs: &[String],
+    ) -> Result<HashMap<String, StoredHead>, Error> {
+        let mut out = HashMap::with_capacity(refs.len());
+        for chunk in refs.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT ref, uid, content_hash, etag, location_key, create_time_us, update_time_us \
+                 FROM catalog_entities WHERE tenant = $1 AND ref IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant);
+            for r in chunk {
+                query = query.bind(r.as_str());
+            }
+            for row in query.fetch_all(&mut **tx).await? {
+                out.insert(
+                    row.try_get::<String, _>("ref")?,
+                    StoredHead {
+                        uid: row.try_get("uid")?,
+                        content_hash: row.try_get("content_hash")?,
+                        etag: row.try_get("etag")?,
+                        location_key: row.try_get("location_key")?,
+                        create_time_us: row.try_get("create_time_us")?,
+                        update_time_us: row.try_get("update_time_us")?,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Inserts new entities with multi-row INSERTs; `uid`, `etag`, `name` and times are set.
+    async fn entities_insert_batch(
+        &self,
+        tx: &mut WriteTx,
+        tenant: &str,
+        entities: &[&pb::Entity],
+        location_key: &str,
+        content_hashes: &[String],
+    ) -> Result<(), Error> {
+        const COLUMNS: usize = 19;
+        for (chunk_index, chunk) in entities.chunks(40).enumerate() {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let base = 2 + COLUMNS * i;
+                    let cols: Vec<String> =
+                        (0..COLUMNS).map(|c| format!("${}", base + c)).collect();
+                    format!("($1, {})", cols.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO catalog_entities (tenant, kind, namespace, name_key, name, ref, uid, title, description, spec_type, \
+                 lifecycle, owner_ref, system_ref, search_text, body, content_hash, etag, location_key, create_time_us, update_time_us) \
+                 VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(tenant);
+            for (i, entity) in chunk.iter().enumerate() {
+                let key = EntityKey::of(entity);
+                let columns = summary_columns(entity);
+                let metadata = entity.metadata.clone().unwrap_or_default();
+                let created = entity
+                    .create_time
+                    .as_ref()
+                    .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+                    .unwrap_or_default();
+                query = query
+                    .bind(key.kind.clone())
+                    .bind(key.namespace.clone())
+                    .bind(key.name.clone())
+                    .bind(metadata.name.clone())
+                    .bind(key.ref_key())
+                    .bind(entity.uid.clone())
+                    .bind(metadata.title.clone())
+                    .bind(metadata.description.clone())
+                    .bind(columns.spec_type)
+                    .bind(columns.lifecycle)
+                    .bind(columns.owner_ref)
+                    .bind(columns.system_ref)
+                    .bind(search_text(entity))
+                    .bind(entity.encode_to_vec())
+                    .bind(content_hashes[chunk_index * 40 + i].clone())
+                    .bind(entity.etag.clone())
+                    .bind(location_key.to_owned())
+                    .bind(created)
+                    .bind(created);
             }
             query.execute(&mut **tx).await?;
         }
@@ -1227,8 +1372,10 @@ impl CatalogService {
         let result = async {
             require_tenant(&mut tx, &tenant).await?;
             let mut response = pb::ImportEntitiesResponse::default();
-            let mut seen: HashMap<EntityKey, usize> = HashMap::new();
+            // Pass 1: convert every document; collect the entities to write.
+            let mut seen: HashSet<EntityKey> = HashSet::new();
             let mut imported: BTreeSet<String> = BTreeSet::new();
+            let mut candidates: Vec<(usize, pb::Entity)> = Vec::new();
             for (source_index, doc) in &documents {
                 let mut result = pb::ImportDocumentResult {
                     source_index: *source_index as i32,
@@ -1239,64 +1386,149 @@ impl CatalogService {
                 match model::document_to_entity(doc) {
                     model::DocumentOutcome::Invalid { errors } => {
                         result.action = pb::ImportAction::Failed as i32;
-                        result.errors = errors.into_iter().map(|e| issue(&e.field, &e.reason, e.message, e.line as i32)).collect();
+                        result.errors = errors
+                            .into_iter()
+                            .map(|e| issue(&e.field, &e.reason, e.message, e.line as i32))
+                            .collect();
                     }
-                    model::DocumentOutcome::Entity { mut entity, warnings } => {
+                    model::DocumentOutcome::Entity {
+                        mut entity,
+                        warnings,
+                    } => {
                         let key = EntityKey::of(&entity);
                         result.entity_ref = key.ref_key();
-                        result.warnings = warnings.into_iter().map(|w| issue(&w.field, &w.reason, w.message, w.line as i32)).collect();
-                        if seen.contains_key(&key) {
+                        result.warnings = warnings
+                            .into_iter()
+                            .map(|w| issue(&w.field, &w.reason, w.message, w.line as i32))
+                            .collect();
+                        if !seen.insert(key.clone()) {
                             result.action = pb::ImportAction::Failed as i32;
-                            result.errors.push(issue("metadata.name", "DUPLICATE_ENTITY", format!("{} is declared earlier in this request", key.ref_key()), doc.line as i32));
+                            result.errors.push(issue(
+                                "metadata.name",
+                                "DUPLICATE_ENTITY",
+                                format!("{} is declared earlier in this request", key.ref_key()),
+                                doc.line as i32,
+                            ));
                         } else {
-                            seen.insert(key.clone(), response.results.len());
                             entity.source = Some(pb::EntitySource {
                                 location_key: req.location_key.clone(),
-                                path: req.sources.get(*source_index).map(|s| s.path.clone()).unwrap_or_default(),
+                                path: req
+                                    .sources
+                                    .get(*source_index)
+                                    .map(|s| s.path.clone())
+                                    .unwrap_or_default(),
                                 document_index: doc.index as i32,
                             });
-                            let status = entity.status.get_or_insert_with(Default::default);
-                            status.warnings = result.warnings.clone();
-                            // An entity another location manages is not taken over silently.
-                            let owner: Option<String> = sqlx::query_scalar("SELECT location_key FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-                                .bind(&tenant)
-                                .bind(key.ref_key())
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                            match owner {
-                                Some(other) if !other.is_empty() && other != req.location_key => {
-                                    result.action = pb::ImportAction::Failed as i32;
-                                    result.errors.push(issue("", "MANAGED_BY_OTHER_LOCATION", "this entity is managed by another import location".into(), doc.line as i32));
-                                }
-                                _ => {
-                                    let outcome = self.store.entity_put(&mut tx, &tenant, &mut entity, &req.location_key, false, "").await?;
-                                    result.action = match outcome {
-                                        PutOutcome::Created => pb::ImportAction::Created,
-                                        PutOutcome::Updated => pb::ImportAction::Updated,
-                                        PutOutcome::Unchanged => pb::ImportAction::Unchanged,
-                                    } as i32;
-                                    result.entity_name = entity.name.clone();
-                                    imported.insert(key.ref_key());
-                                    if req.return_entities {
-                                        result.entity = Some(entity);
-                                    }
-                                }
-                            }
+                            entity.status.get_or_insert_with(Default::default).warnings =
+                                result.warnings.clone();
+                            candidates.push((response.results.len(), entity));
                         }
                     }
                 }
                 response.results.push(result);
             }
-            let failed = response.results.iter().any(|r| r.action == pb::ImportAction::Failed as i32);
+
+            // Pass 2: decide against what is stored (one query per 500 entities) and write in
+            // batches: new entities with multi-row INSERTs, changed ones row by row.
+            let refs: Vec<String> = candidates
+                .iter()
+                .map(|(_, e)| EntityKey::of(e).ref_key())
+                .collect();
+            let heads = self.store.heads_by_ref(&mut tx, &tenant, &refs).await?;
+            let now = now_micros();
+            let mut created: Vec<(usize, pb::Entity, String)> = Vec::new();
+            for ((result_index, mut entity), ref_key) in candidates.into_iter().zip(refs) {
+                let hash = model::content_hash(&entity);
+                entity.name = resource_name(&tenant, &entity);
+                let action = match heads.get(&ref_key) {
+                    Some(head)
+                        if !head.location_key.is_empty()
+                            && head.location_key != req.location_key =>
+                    {
+                        let line = response.results[result_index].line;
+                        response.results[result_index].errors.push(issue(
+                            "",
+                            "MANAGED_BY_OTHER_LOCATION",
+                            "this entity is managed by another import location".into(),
+                            line,
+                        ));
+                        pb::ImportAction::Failed
+                    }
+                    Some(head)
+                        if head.content_hash == hash && head.location_key == req.location_key =>
+                    {
+                        entity.uid = head.uid.clone();
+                        entity.etag = head.etag.clone();
+                        entity.create_time = Some(timestamp(head.create_time_us));
+                        entity.update_time = Some(timestamp(head.update_time_us));
+                        pb::ImportAction::Unchanged
+                    }
+                    Some(_) => {
+                        let outcome = self
+                            .store
+                            .entity_put(&mut tx, &tenant, &mut entity, &req.location_key, false, "")
+                            .await?;
+                        if outcome == PutOutcome::Unchanged {
+                            pb::ImportAction::Unchanged
+                        } else {
+                            pb::ImportAction::Updated
+                        }
+                    }
+                    None => {
+                        entity.uid = uuid::Uuid::new_v4().to_string();
+                        entity.etag = hash.clone();
+                        entity.create_time = Some(timestamp(now));
+                        entity.update_time = Some(timestamp(now));
+                        pb::ImportAction::Created
+                    }
+                };
+                let result = &mut response.results[result_index];
+                result.action = action as i32;
+                if action != pb::ImportAction::Failed {
+                    result.entity_name = entity.name.clone();
+                    imported.insert(ref_key);
+                }
+                if action == pb::ImportAction::Created {
+                    created.push((result_index, entity, hash));
+                } else if req.return_entities && action != pb::ImportAction::Failed {
+                    result.entity = Some(entity);
+                }
+            }
+            let new_entities: Vec<&pb::Entity> = created.iter().map(|(_, e, _)| e).collect();
+            let hashes: Vec<String> = created.iter().map(|(_, _, h)| h.clone()).collect();
+            self.store
+                .entities_insert_batch(&mut tx, &tenant, &new_entities, &req.location_key, &hashes)
+                .await?;
+            let indexed: Vec<(String, &pb::Entity)> = created
+                .iter()
+                .map(|(_, e, _)| (EntityKey::of(e).ref_key(), e))
+                .collect();
+            self.store
+                .index_write_batch(&mut tx, &tenant, &indexed)
+                .await?;
+            if req.return_entities {
+                for (result_index, entity, _) in created {
+                    response.results[result_index].entity = Some(entity);
+                }
+            }
+            let failed = response
+                .results
+                .iter()
+                .any(|r| r.action == pb::ImportAction::Failed as i32);
             if req.prune && !failed {
-                let managed: Vec<String> = sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND location_key = $2")
-                    .bind(&tenant)
-                    .bind(&req.location_key)
-                    .fetch_all(&mut *tx)
-                    .await?;
+                let managed: Vec<String> = sqlx::query_scalar(
+                    "SELECT ref FROM catalog_entities WHERE tenant = $1 AND location_key = $2",
+                )
+                .bind(&tenant)
+                .bind(&req.location_key)
+                .fetch_all(&mut *tx)
+                .await?;
                 for ref_key in managed.into_iter().filter(|r| !imported.contains(r)) {
-                    let r = model::parse_entity_ref(&ref_key, None, "default").map_err(|e| Error::internal(format!("stored ref: {e}")))?;
-                    self.store.entity_delete(&mut tx, &tenant, &EntityKey::from_ref(&r)).await?;
+                    let r = model::parse_entity_ref(&ref_key, None, "default")
+                        .map_err(|e| Error::internal(format!("stored ref: {e}")))?;
+                    self.store
+                        .entity_delete(&mut tx, &tenant, &EntityKey::from_ref(&r))
+                        .await?;
                     response.results.push(pb::ImportDocumentResult {
                         action: pb::ImportAction::Deleted as i32,
                         entity_ref: ref_key,

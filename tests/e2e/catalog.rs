@@ -528,3 +528,85 @@ async fn catalog_access_follows_roles_and_is_audited() {
     );
     server.stop().await;
 }
+
+storage_test!(
+    reimports_update_changed_entities_and_prune_removed_ones,
+    |backend: Backend| async move {
+        let (_db, server, admin) = setup(backend).await;
+        let doc = |name: &str, description: &str| {
+            format!(
+                "---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\n  description: {description}\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n"
+            )
+        };
+        let source = |content: String| {
+            vec![cat::ImportSource {
+                path: "catalog-info.yaml".into(),
+                content,
+            }]
+        };
+        let first = import(
+            &admin,
+            source(format!("{}{}", doc("api", "v1"), doc("web", "v1"))),
+            "repo-a",
+        )
+        .await
+        .expect("first");
+        assert_eq!(first.created_count, 2);
+        let before = get(&admin, "tenants/acme/entities/component/default/api")
+            .await
+            .expect("api");
+
+        // One changed, one unchanged.
+        let second = import(
+            &admin,
+            source(format!("{}{}", doc("api", "v2"), doc("web", "v1"))),
+            "repo-a",
+        )
+        .await
+        .expect("second");
+        assert_eq!(
+            (second.updated_count, second.unchanged_count),
+            (1, 1),
+            "{second:?}"
+        );
+        let after = get(&admin, "tenants/acme/entities/component/default/api")
+            .await
+            .expect("api");
+        assert_ne!(after.etag, before.etag);
+        assert_eq!(after.uid, before.uid);
+
+        // Another location may not take them over; a direct update needs force_unmanaged.
+        let other = import(&admin, source(doc("api", "v3")), "repo-b")
+            .await
+            .expect("other location");
+        assert_eq!(other.failed_count, 1);
+        assert!(
+            other.results[0]
+                .errors
+                .iter()
+                .any(|e| e.reason == "MANAGED_BY_OTHER_LOCATION")
+        );
+
+        // Pruning removes what the location no longer declares.
+        let pruned = catalog(&admin)
+            .import_entities(admin.req(cat::ImportEntitiesRequest {
+                parent: "tenants/acme".into(),
+                sources: source(doc("api", "v2")),
+                location_key: "repo-a".into(),
+                prune: true,
+                ..Default::default()
+            }))
+            .await
+            .expect("prune")
+            .into_inner();
+        assert_eq!(pruned.deleted_count, 1, "{pruned:?}");
+        assert_eq!(
+            get(&admin, "tenants/acme/entities/component/default/web")
+                .await
+                .expect_err("pruned")
+                .code(),
+            Code::NotFound
+        );
+        server.stop().await;
+    }
+);

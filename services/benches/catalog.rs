@@ -232,7 +232,9 @@ fn main() {
         println!("| engine | entities | import entities/s | Get ms median / p99 | filtered List (page 100) ms median / p99 | depth-3 traversal ms median / p99 |");
         println!("|---|---|---|---|---|---|");
         let dir = tempfile::tempdir().expect("tempdir");
-        run("SQLite", DatabaseUrl::Sqlite(dir.path().join("platform.db")), dir.path(), entities).await;
+        if std::env::var_os("BENCH_SKIP_SQLITE").is_none() {
+            run("SQLite", DatabaseUrl::Sqlite(dir.path().join("platform.db")), dir.path(), entities).await;
+        }
         if let Ok(admin_url) = std::env::var("PLATFORM_BENCH_POSTGRES_URL") {
             use sqlx::Connection;
             let name = format!("platform_bench_{}", uuid::Uuid::new_v4().simple());

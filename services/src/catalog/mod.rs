@@ -897,6 +897,8 @@ fn unresolved_summary(ref_key: &str) -> pb::EntitySummary {
 pub struct CatalogService {
     store: CatalogStore,
     audit: AuditLog,
+    /// Entities changed by imports since the planner statistics were last refreshed.
+    changes_since_analyze: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl CatalogService {
@@ -904,6 +906,7 @@ impl CatalogService {
         CatalogService {
             store: CatalogStore { store },
             audit,
+            changes_since_analyze: Default::default(),
         }
     }
 
@@ -1557,7 +1560,37 @@ impl CatalogService {
             drop(tx);
             return result;
         }
-        self.audit.finish(ctx, tx, result, &["entities"]).await
+        let response = self.audit.finish(ctx, tx, result, &["entities"]).await?;
+        self.refresh_statistics(
+            response.created_count + response.updated_count + response.deleted_count,
+        )
+        .await;
+        Ok(response)
+    }
+
+    /// After a bulk change, refreshes the planner's statistics so that filtered Lists keep
+    /// using the right index (PostgreSQL otherwise plans with stale row counts until autovacuum
+    /// gets to it). Best effort: a failure only costs speed.
+    async fn refresh_statistics(&self, changed: i32) {
+        use std::sync::atomic::Ordering;
+        // Every ~5,000 changed entities (summed over imports), not after every import.
+        let pending = self
+            .changes_since_analyze
+            .fetch_add(i64::from(changed), Ordering::AcqRel)
+            + i64::from(changed);
+        if pending < 5000 {
+            return;
+        }
+        self.changes_since_analyze.store(0, Ordering::Release);
+        let sql = match self.store.store.engine() {
+            crate::store::Engine::Postgres => {
+                "ANALYZE catalog_entities, catalog_labels, catalog_tags, catalog_relations"
+            }
+            crate::store::Engine::Sqlite => "PRAGMA optimize",
+        };
+        if let Err(err) = sqlx::query(sql).execute(self.pool()).await {
+            tracing::warn!(error = %err, "refreshing catalog statistics failed");
+        }
     }
 
     async fn relations_list(

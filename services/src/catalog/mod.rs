@@ -345,32 +345,13 @@ impl CatalogStore {
         entity.etag = hash.clone();
         entity.create_time = Some(timestamp(now));
         entity.update_time = Some(timestamp(now));
-        let columns = summary_columns(entity);
-        sqlx::query(
-            "INSERT INTO catalog_entities (tenant, kind, namespace, name_key, name, ref, uid, title, description, spec_type, lifecycle, \
-             owner_ref, system_ref, search_text, body, content_hash, etag, location_key, create_time_us, update_time_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $19)",
+        self.entities_insert_batch(
+            tx,
+            tenant,
+            &[&*entity],
+            location_key,
+            std::slice::from_ref(&hash),
         )
-        .bind(tenant)
-        .bind(&key.kind)
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .bind(entity.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
-        .bind(&ref_key)
-        .bind(&entity.uid)
-        .bind(entity.metadata.as_ref().map(|m| m.title.clone()).unwrap_or_default())
-        .bind(entity.metadata.as_ref().map(|m| m.description.clone()).unwrap_or_default())
-        .bind(&columns.spec_type)
-        .bind(&columns.lifecycle)
-        .bind(&columns.owner_ref)
-        .bind(&columns.system_ref)
-        .bind(search_text(entity))
-        .bind(entity.encode_to_vec())
-        .bind(&hash)
-        .bind(&hash)
-        .bind(location_key)
-        .bind(now)
-        .execute(&mut **tx)
         .await?;
         self.entity_index_write(tx, tenant, &ref_key, entity)
             .await?;

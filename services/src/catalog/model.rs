@@ -2257,7 +2257,7 @@ spec:
     // ---- the conformance corpus -------------------------------------------------------
 
     /// `shared/conformance/backstage`, found by walking up from the crate: it sits beside the
-    /// repository (`/work/shared` for `/work/main/services`), or beside a scratch crate.
+    /// repository (`../shared` from the repository root), or beside a scratch crate.
     fn corpus_dir() -> PathBuf {
         let start = Path::new(env!("CARGO_MANIFEST_DIR"));
         for dir in start.ancestors() {

@@ -48,77 +48,9 @@ pub fn parse(filter: &str) -> Result<Vec<Term>, Error> {
         return Ok(terms);
     }
     loop {
-        // field
-        let start = pos;
-        while pos < chars.len()
-            && (chars[pos].is_ascii_alphanumeric() || chars[pos] == '_' || chars[pos] == '.')
-        {
-            pos += 1;
-        }
-        if start == pos {
-            return Err(invalid(format!(
-                "expected a field name at position {start}"
-            )));
-        }
-        let field: String = chars[start..pos].iter().collect();
-        skip_ws(&mut pos);
-        // operator
-        let rest: String = chars[pos..chars.len().min(pos + 2)].iter().collect();
-        let (op, len) = if rest.starts_with("!=") {
-            (Op::Ne, 2)
-        } else if rest.starts_with("<=") {
-            (Op::Le, 2)
-        } else if rest.starts_with(">=") {
-            (Op::Ge, 2)
-        } else if rest.starts_with('=') {
-            (Op::Eq, 1)
-        } else if rest.starts_with('<') {
-            (Op::Lt, 1)
-        } else if rest.starts_with('>') {
-            (Op::Gt, 1)
-        } else if rest.starts_with(':') {
-            (Op::Has, 1)
-        } else {
-            return Err(invalid(format!("expected an operator after `{field}`")));
-        };
-        pos += len;
-        skip_ws(&mut pos);
-        // value
-        let value = if pos < chars.len() && chars[pos] == '"' {
-            pos += 1;
-            let mut value = String::new();
-            loop {
-                match chars.get(pos) {
-                    None => return Err(invalid("unterminated string")),
-                    Some('"') => {
-                        pos += 1;
-                        break;
-                    }
-                    Some('\\') => {
-                        match chars.get(pos + 1) {
-                            Some(c @ ('"' | '\\')) => value.push(*c),
-                            _ => return Err(invalid("only \\\" and \\\\ escapes are allowed")),
-                        }
-                        pos += 2;
-                    }
-                    Some(c) => {
-                        value.push(*c);
-                        pos += 1;
-                    }
-                }
-            }
-            value
-        } else {
-            let start = pos;
-            while pos < chars.len() && !chars[pos].is_whitespace() {
-                pos += 1;
-            }
-            if start == pos {
-                return Err(invalid(format!("expected a value for `{field}`")));
-            }
-            chars[start..pos].iter().collect()
-        };
-        terms.push(Term { field, op, value });
+        let (term, next) = scan_term(&chars, pos)?;
+        pos = next;
+        terms.push(term);
         if terms.len() > MAX_TERMS {
             return Err(invalid(format!("at most {MAX_TERMS} terms")));
         }
@@ -138,6 +70,259 @@ pub fn parse(filter: &str) -> Result<Vec<Term>, Error> {
         }
         skip_ws(&mut pos);
     }
+}
+
+/// Scans one restriction `field OP value` starting at `pos`; returns it and the position after.
+fn scan_term(chars: &[char], mut pos: usize) -> Result<(Term, usize), Error> {
+    let skip_ws = |pos: &mut usize| {
+        while *pos < chars.len() && chars[*pos].is_whitespace() {
+            *pos += 1;
+        }
+    };
+    // field
+    let start = pos;
+    while pos < chars.len()
+        && (chars[pos].is_ascii_alphanumeric() || chars[pos] == '_' || chars[pos] == '.')
+    {
+        pos += 1;
+    }
+    if start == pos {
+        return Err(invalid(format!(
+            "expected a field name at position {start}"
+        )));
+    }
+    let field: String = chars[start..pos].iter().collect();
+    skip_ws(&mut pos);
+    // operator
+    let rest: String = chars[pos..chars.len().min(pos + 2)].iter().collect();
+    let (op, len) = if rest.starts_with("!=") {
+        (Op::Ne, 2)
+    } else if rest.starts_with("<=") {
+        (Op::Le, 2)
+    } else if rest.starts_with(">=") {
+        (Op::Ge, 2)
+    } else if rest.starts_with('=') {
+        (Op::Eq, 1)
+    } else if rest.starts_with('<') {
+        (Op::Lt, 1)
+    } else if rest.starts_with('>') {
+        (Op::Gt, 1)
+    } else if rest.starts_with(':') {
+        (Op::Has, 1)
+    } else {
+        return Err(invalid(format!("expected an operator after `{field}`")));
+    };
+    pos += len;
+    skip_ws(&mut pos);
+    // value
+    let value = if pos < chars.len() && chars[pos] == '"' {
+        pos += 1;
+        let mut value = String::new();
+        loop {
+            match chars.get(pos) {
+                None => return Err(invalid("unterminated string")),
+                Some('"') => {
+                    pos += 1;
+                    break;
+                }
+                Some('\\') => {
+                    match chars.get(pos + 1) {
+                        Some(c @ ('"' | '\\')) => value.push(*c),
+                        _ => return Err(invalid("only \\\" and \\\\ escapes are allowed")),
+                    }
+                    pos += 2;
+                }
+                Some(c) => {
+                    value.push(*c);
+                    pos += 1;
+                }
+            }
+        }
+        value
+    } else {
+        let start = pos;
+        while pos < chars.len() && !chars[pos].is_whitespace() && !matches!(chars[pos], '(' | ')') {
+            pos += 1;
+        }
+        if start == pos {
+            return Err(invalid(format!("expected a value for `{field}`")));
+        }
+        chars[start..pos].iter().collect()
+    };
+    Ok((Term { field, op, value }, pos))
+}
+
+/// A filter expression with AIP-160's connectives: `AND` (also juxtaposition), `OR` (binds
+/// tighter than AND), `NOT` or `-`, and parentheses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    Term(Term),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+}
+
+const MAX_NESTING: usize = 16;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Open,
+    Close,
+    And,
+    Or,
+    Not,
+    Term(Term),
+}
+
+fn tokenize(filter: &str) -> Result<Vec<Token>, Error> {
+    if filter.len() > MAX_FILTER_LEN {
+        return Err(invalid(format!("at most {MAX_FILTER_LEN} bytes")));
+    }
+    let chars: Vec<char> = filter.chars().collect();
+    let mut tokens = Vec::new();
+    let mut pos = 0;
+    let keyword = |pos: usize, word: &str| -> bool {
+        let end = pos + word.len();
+        end <= chars.len()
+            && chars[pos..end].iter().collect::<String>() == word
+            && chars
+                .get(end)
+                .is_none_or(|c| c.is_whitespace() || *c == '(')
+    };
+    while pos < chars.len() {
+        let c = chars[pos];
+        if c.is_whitespace() {
+            pos += 1;
+        } else if c == '(' {
+            tokens.push(Token::Open);
+            pos += 1;
+        } else if c == ')' {
+            tokens.push(Token::Close);
+            pos += 1;
+        } else if c == '-' {
+            tokens.push(Token::Not);
+            pos += 1;
+        } else if keyword(pos, "AND") {
+            tokens.push(Token::And);
+            pos += 3;
+        } else if keyword(pos, "OR") {
+            tokens.push(Token::Or);
+            pos += 2;
+        } else if keyword(pos, "NOT") {
+            tokens.push(Token::Not);
+            pos += 3;
+        } else {
+            let (term, next) = scan_term(&chars, pos)?;
+            tokens.push(Token::Term(term));
+            pos = next;
+        }
+        if tokens.len() > MAX_TERMS * 4 {
+            return Err(invalid(format!("at most {MAX_TERMS} terms")));
+        }
+    }
+    Ok(tokens)
+}
+
+struct ExprParser {
+    tokens: Vec<Token>,
+    pos: usize,
+    terms: usize,
+}
+
+impl ExprParser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn expression(&mut self, depth: usize) -> Result<Expr, Error> {
+        if depth > MAX_NESTING {
+            return Err(invalid(format!("nested more than {MAX_NESTING} levels")));
+        }
+        let mut parts = vec![self.factor(depth)?];
+        loop {
+            match self.peek() {
+                Some(Token::And) => {
+                    self.pos += 1;
+                    parts.push(self.factor(depth)?);
+                }
+                // Juxtaposition is AND, as in AIP-160.
+                Some(Token::Open | Token::Not | Token::Term(_)) => parts.push(self.factor(depth)?),
+                _ => break,
+            }
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::And(parts)
+        })
+    }
+
+    fn factor(&mut self, depth: usize) -> Result<Expr, Error> {
+        let mut parts = vec![self.unary(depth)?];
+        while let Some(Token::Or) = self.peek() {
+            self.pos += 1;
+            parts.push(self.unary(depth)?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Or(parts)
+        })
+    }
+
+    fn unary(&mut self, depth: usize) -> Result<Expr, Error> {
+        match self.peek().cloned() {
+            Some(Token::Not) => {
+                self.pos += 1;
+                if depth + 1 > MAX_NESTING {
+                    return Err(invalid(format!("nested more than {MAX_NESTING} levels")));
+                }
+                Ok(Expr::Not(Box::new(self.unary(depth + 1)?)))
+            }
+            Some(Token::Open) => {
+                self.pos += 1;
+                let inner = self.expression(depth + 1)?;
+                match self.peek() {
+                    Some(Token::Close) => {
+                        self.pos += 1;
+                        Ok(inner)
+                    }
+                    _ => Err(invalid("missing `)`")),
+                }
+            }
+            Some(Token::Term(term)) => {
+                self.pos += 1;
+                self.terms += 1;
+                if self.terms > MAX_TERMS {
+                    return Err(invalid(format!("at most {MAX_TERMS} terms")));
+                }
+                Ok(Expr::Term(term))
+            }
+            Some(Token::Close) => Err(invalid("unexpected `)`")),
+            Some(Token::And | Token::Or) => Err(invalid("AND/OR needs a term on each side")),
+            None => Err(invalid("the filter ends where a term is expected")),
+        }
+    }
+}
+
+/// Parses a filter with AND, OR, NOT/`-` and parentheses; the empty filter is `None`.
+pub fn parse_expr(filter: &str) -> Result<Option<Expr>, Error> {
+    let tokens = tokenize(filter)?;
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    let mut parser = ExprParser {
+        tokens,
+        pos: 0,
+        terms: 0,
+    };
+    let expr = parser.expression(0)?;
+    if parser.pos != parser.tokens.len() {
+        return Err(invalid(
+            "unexpected input after the end of the expression (a stray `)`?)",
+        ));
+    }
+    Ok(Some(expr))
 }
 
 #[cfg(test)]
@@ -192,5 +377,52 @@ mod tests {
         }
         assert!(parse(&"a = x AND ".repeat(40)).is_err());
         assert!(parse(&"x".repeat(5000)).is_err());
+    }
+
+    #[test]
+    fn expressions_follow_aip_160_precedence() {
+        let t = |f: &str, v: &str| {
+            Expr::Term(Term {
+                field: f.into(),
+                op: Op::Eq,
+                value: v.into(),
+            })
+        };
+        let e = parse_expr(r#"kind = "a" AND (type = "b" OR type = "c") -labels.x:* "#)
+            .expect("valid")
+            .expect("some");
+        assert_eq!(
+            e,
+            Expr::And(vec![
+                t("kind", "a"),
+                Expr::Or(vec![t("type", "b"), t("type", "c")]),
+                Expr::Not(Box::new(Expr::Term(Term {
+                    field: "labels.x".into(),
+                    op: Op::Has,
+                    value: "*".into()
+                }))),
+            ])
+        );
+        // OR binds tighter than AND.
+        let e = parse_expr("a = 1 OR b = 2 AND c = 3")
+            .expect("valid")
+            .expect("some");
+        assert_eq!(
+            e,
+            Expr::And(vec![Expr::Or(vec![t("a", "1"), t("b", "2")]), t("c", "3")])
+        );
+        assert_eq!(parse_expr("  ").expect("empty"), None);
+        for bad in [
+            "(a = 1",
+            "a = 1)",
+            "AND a = 1",
+            "a = 1 OR",
+            "NOT",
+            "()",
+            &"(".repeat(40),
+            &format!("{}a = 1{}", "(".repeat(20), ")".repeat(20)),
+        ] {
+            assert!(parse_expr(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -340,6 +340,17 @@ storage_test!(
                 .total_size,
             30
         );
+        // AIP-160 connectives: OR binds tighter than AND, NOT / `-` negate, parentheses group.
+        let count = |filter: &'static str| {
+            let admin = &admin;
+            async move { list(admin, filter, "", 100, "").await.total_size }
+        };
+        assert_eq!(count(r#"kind = "component" AND (labels.tier = "1" OR labels.tier = "3") -owner = "team-b""#).await, 5);
+        assert_eq!(count(r#"NOT tags:"rust""#).await, 1);
+        assert_eq!(
+            count(r#"owner = "team-a" OR owner = "team-b" kind = "system""#).await,
+            1
+        );
         assert_eq!(
             list(&admin, "", "SVC-07 payments", 100, "")
                 .await

@@ -750,67 +750,102 @@ impl EntityFilter {
         Ok(())
     }
 
+    /// SQL for a filter expression: terms become bound comparisons, connectives stay connectives.
+    fn expr_sql(&mut self, expr: &filter::Expr) -> Result<String, Error> {
+        Ok(match expr {
+            filter::Expr::Term(term) => {
+                let before = self.clauses.len();
+                self.apply_term(term)?;
+                let parts: Vec<String> = self.clauses.drain(before..).collect();
+                format!("({})", parts.join(" AND "))
+            }
+            filter::Expr::Not(inner) => format!("(NOT {})", self.expr_sql(inner)?),
+            filter::Expr::And(parts) => {
+                let sql = parts
+                    .iter()
+                    .map(|p| self.expr_sql(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                format!("({})", sql.join(" AND "))
+            }
+            filter::Expr::Or(parts) => {
+                let sql = parts
+                    .iter()
+                    .map(|p| self.expr_sql(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                format!("({})", sql.join(" OR "))
+            }
+        })
+    }
+
+    /// Appends the SQL of one restriction to `clauses`.
+    fn apply_term(&mut self, term: &filter::Term) -> Result<(), Error> {
+        let field = term.field.as_str();
+        match field {
+            "kind" => self.compare("e.kind", term.op, &term.value, true)?,
+            "namespace" => self.compare("e.namespace", term.op, &term.value, true)?,
+            "name" | "metadata.name" => self.compare("e.name_key", term.op, &term.value, true)?,
+            "title" | "metadata.title" => self.compare("e.title", term.op, &term.value, false)?,
+            "type" | "spec.type" => self.compare("e.spec_type", term.op, &term.value, false)?,
+            "lifecycle" | "spec.lifecycle" => {
+                self.compare("e.lifecycle", term.op, &term.value, false)?
+            }
+            "owner" | "system" => {
+                let default_kind = if field == "owner" { "group" } else { "system" };
+                let normalized =
+                    normalized_ref(term.value.trim_end_matches('*'), default_kind, "default");
+                if normalized.is_empty() {
+                    return Err(Error::invalid_argument(
+                        "filter",
+                        format!(
+                            "`{}` is not an entity reference",
+                            names::printable(&term.value)
+                        ),
+                    ));
+                }
+                self.compare(&format!("e.{field}_ref"), term.op, &normalized, true)?;
+            }
+            "tags" => {
+                if term.op != Op::Has {
+                    return Err(Error::invalid_argument("filter", "use `tags:\"value\"`"));
+                }
+                let p = self.param(term.value.clone());
+                self.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_tags t WHERE t.tenant = e.tenant AND t.ref = e.ref AND t.tag = {p})"));
+            }
+            _ if field.starts_with("labels.") => {
+                let key = field.trim_start_matches("labels.").to_owned();
+                let k = self.param(key);
+                match (term.op, term.value.as_str()) {
+                    (Op::Has, "*") => self.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k})")),
+                    (Op::Eq | Op::Ne, value) => {
+                        let v = self.param(value.to_owned());
+                        let exists = format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k} AND l.value = {v})");
+                        self.clauses.push(if term.op == Op::Ne { format!("NOT {exists}") } else { exists });
+                    }
+                    _ => return Err(Error::invalid_argument("filter", "labels.<key> supports =, != and :*")),
+                }
+            }
+            other => {
+                return Err(Error::invalid_argument(
+                    "filter",
+                    format!(
+                        "`{}` cannot be filtered on yet (supported: kind, namespace, name, title, type, lifecycle, owner, system, tags, labels.<key>)",
+                        names::printable(other)
+                    ),
+                ));
+            }
+        }
+
+        Ok(())
+    }
+
     fn parse(filter_text: &str, query: &str) -> Result<EntityFilter, Error> {
         let mut f = EntityFilter {
             clauses: Vec::new(),
             params: Vec::new(),
         };
-        for term in filter::parse(filter_text)? {
-            let field = term.field.as_str();
-            match field {
-                "kind" => f.compare("e.kind", term.op, &term.value, true)?,
-                "namespace" => f.compare("e.namespace", term.op, &term.value, true)?,
-                "name" | "metadata.name" => f.compare("e.name_key", term.op, &term.value, true)?,
-                "title" | "metadata.title" => f.compare("e.title", term.op, &term.value, false)?,
-                "type" | "spec.type" => f.compare("e.spec_type", term.op, &term.value, false)?,
-                "lifecycle" | "spec.lifecycle" => {
-                    f.compare("e.lifecycle", term.op, &term.value, false)?
-                }
-                "owner" | "system" => {
-                    let default_kind = if field == "owner" { "group" } else { "system" };
-                    let normalized =
-                        normalized_ref(term.value.trim_end_matches('*'), default_kind, "default");
-                    if normalized.is_empty() {
-                        return Err(Error::invalid_argument(
-                            "filter",
-                            format!(
-                                "`{}` is not an entity reference",
-                                names::printable(&term.value)
-                            ),
-                        ));
-                    }
-                    f.compare(&format!("e.{field}_ref"), term.op, &normalized, true)?;
-                }
-                "tags" => {
-                    if term.op != Op::Has {
-                        return Err(Error::invalid_argument("filter", "use `tags:\"value\"`"));
-                    }
-                    let p = f.param(term.value.clone());
-                    f.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_tags t WHERE t.tenant = e.tenant AND t.ref = e.ref AND t.tag = {p})"));
-                }
-                _ if field.starts_with("labels.") => {
-                    let key = field.trim_start_matches("labels.").to_owned();
-                    let k = f.param(key);
-                    match (term.op, term.value.as_str()) {
-                        (Op::Has, "*") => f.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k})")),
-                        (Op::Eq | Op::Ne, value) => {
-                            let v = f.param(value.to_owned());
-                            let exists = format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k} AND l.value = {v})");
-                            f.clauses.push(if term.op == Op::Ne { format!("NOT {exists}") } else { exists });
-                        }
-                        _ => return Err(Error::invalid_argument("filter", "labels.<key> supports =, != and :*")),
-                    }
-                }
-                other => {
-                    return Err(Error::invalid_argument(
-                        "filter",
-                        format!(
-                            "`{}` cannot be filtered on yet (supported: kind, namespace, name, title, type, lifecycle, owner, system, tags, labels.<key>)",
-                            names::printable(other)
-                        ),
-                    ));
-                }
-            }
+        if let Some(expr) = filter::parse_expr(filter_text)? {
+            let sql = f.expr_sql(&expr)?;
+            f.clauses.push(sql);
         }
         if query.chars().count() > 256 {
             return Err(Error::invalid_argument("query", "at most 256 characters"));

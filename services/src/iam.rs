@@ -1410,16 +1410,11 @@ impl IamService {
 // ----------------------------------------------------------- groups, members
 
 impl IamService {
-    async fn group_from_row(&self, row: &AnyRow) -> Result<pb::Group, Error> {
+    /// A row of [`SELECT_GROUPS`].
+    fn group_from_row(row: &AnyRow) -> Result<pb::Group, Error> {
         let tenant: String = row.try_get("tenant")?;
         let id: String = row.try_get("id")?;
-        let members: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM iam_group_members WHERE tenant = $1 AND group_id = $2",
-        )
-        .bind(&tenant)
-        .bind(&id)
-        .fetch_one(self.store.pool())
-        .await?;
+        let members: i64 = row.try_get("member_count")?;
         let name = format!("tenants/{tenant}/groups/{id}");
         Ok(pb::Group {
             principal: format!("group:{name}"),
@@ -1540,16 +1535,18 @@ impl IamService {
 
     async fn group_get(&self, name: &str) -> Result<pb::Group, Error> {
         let (tenant, id) = parse_child_name("name", name, "groups")?;
-        let row = sqlx::query("SELECT * FROM iam_groups WHERE tenant = $1 AND id = $2")
-            .bind(&tenant)
-            .bind(&id)
-            .fetch_optional(self.store.pool())
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                resource_type: "group",
-                name: name.to_owned(),
-            })?;
-        self.group_from_row(&row).await
+        let row = sqlx::query(&format!(
+            "{SELECT_GROUPS} WHERE g.tenant = $1 AND g.id = $2"
+        ))
+        .bind(&tenant)
+        .bind(&id)
+        .fetch_optional(self.store.pool())
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            resource_type: "group",
+            name: name.to_owned(),
+        })?;
+        Self::group_from_row(&row)
     }
 
     async fn groups_list(
@@ -1563,14 +1560,16 @@ impl IamService {
                 "filtering groups is not supported yet",
             ));
         }
-        let rows = sqlx::query("SELECT * FROM iam_groups WHERE tenant = $1 ORDER BY id")
-            .bind(&tenant)
-            .fetch_all(self.store.pool())
-            .await?;
-        let mut groups = Vec::with_capacity(rows.len());
-        for row in &rows {
-            groups.push(self.group_from_row(row).await?);
-        }
+        let rows = sqlx::query(&format!(
+            "{SELECT_GROUPS} WHERE g.tenant = $1 ORDER BY g.id"
+        ))
+        .bind(&tenant)
+        .fetch_all(self.store.pool())
+        .await?;
+        let groups = rows
+            .iter()
+            .map(Self::group_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         paginate(
             groups,
             req.page_size,
@@ -1819,23 +1818,26 @@ impl IamService {
 
 // ------------------------------------------------ service accounts and tokens
 
+/// Groups with their member counts, in one query (no per-row count).
+const SELECT_GROUPS: &str = "SELECT g.*, (SELECT COUNT(*) FROM iam_group_members m \
+     WHERE m.tenant = g.tenant AND m.group_id = g.id) AS member_count FROM iam_groups g";
+
+/// Service accounts with their active-token counts; `$1` is the current time in microseconds.
+const SELECT_SERVICE_ACCOUNTS: &str = "SELECT a.*, (SELECT COUNT(*) FROM iam_tokens t \
+     WHERE t.tenant = a.tenant AND t.service_account = a.id AND t.revoke_time_us IS NULL \
+     AND t.expire_time_us > $1) AS active_token_count FROM iam_service_accounts a";
+
 const MIN_TOKEN_TTL: Duration = Duration::from_secs(60);
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl IamService {
-    async fn service_account_from_row(&self, row: &AnyRow) -> Result<pb::ServiceAccount, Error> {
+    /// A row of [`SELECT_SERVICE_ACCOUNTS`] (which binds the current time as `$1`).
+    fn service_account_from_row(row: &AnyRow) -> Result<pb::ServiceAccount, Error> {
         let tenant: String = row.try_get("tenant")?;
         let id: String = row.try_get("id")?;
         let name = format!("tenants/{tenant}/serviceAccounts/{id}");
-        let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM iam_tokens WHERE tenant = $1 AND service_account = $2 AND revoke_time_us IS NULL AND expire_time_us > $3",
-        )
-        .bind(&tenant)
-        .bind(&id)
-        .bind(now_micros())
-        .fetch_one(self.store.pool())
-        .await?;
+        let active: i64 = row.try_get("active_token_count")?;
         Ok(pb::ServiceAccount {
             principal: format!("serviceAccount:{name}"),
             name,
@@ -1949,16 +1951,19 @@ impl IamService {
 
     async fn service_account_get(&self, name: &str) -> Result<pb::ServiceAccount, Error> {
         let (tenant, id) = parse_child_name("name", name, "serviceAccounts")?;
-        let row = sqlx::query("SELECT * FROM iam_service_accounts WHERE tenant = $1 AND id = $2")
-            .bind(&tenant)
-            .bind(&id)
-            .fetch_optional(self.store.pool())
-            .await?
-            .ok_or_else(|| Error::NotFound {
-                resource_type: "service account",
-                name: name.to_owned(),
-            })?;
-        self.service_account_from_row(&row).await
+        let row = sqlx::query(&format!(
+            "{SELECT_SERVICE_ACCOUNTS} WHERE a.tenant = $2 AND a.id = $3"
+        ))
+        .bind(now_micros())
+        .bind(&tenant)
+        .bind(&id)
+        .fetch_optional(self.store.pool())
+        .await?
+        .ok_or_else(|| Error::NotFound {
+            resource_type: "service account",
+            name: name.to_owned(),
+        })?;
+        Self::service_account_from_row(&row)
     }
 
     async fn service_accounts_list(
@@ -1972,14 +1977,17 @@ impl IamService {
                 "filtering service accounts is not supported yet",
             ));
         }
-        let rows = sqlx::query("SELECT * FROM iam_service_accounts WHERE tenant = $1 ORDER BY id")
-            .bind(&tenant)
-            .fetch_all(self.store.pool())
-            .await?;
-        let mut accounts = Vec::with_capacity(rows.len());
-        for row in &rows {
-            accounts.push(self.service_account_from_row(row).await?);
-        }
+        let rows = sqlx::query(&format!(
+            "{SELECT_SERVICE_ACCOUNTS} WHERE a.tenant = $2 ORDER BY a.id"
+        ))
+        .bind(now_micros())
+        .bind(&tenant)
+        .fetch_all(self.store.pool())
+        .await?;
+        let accounts = rows
+            .iter()
+            .map(Self::service_account_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         paginate(
             accounts,
             req.page_size,

@@ -436,6 +436,8 @@ storage_test!(
         list_groups(&vic, "acme")
             .await
             .expect("allowed through the group");
+        let listed = list_groups(&admin, "acme").await.expect("list groups");
+        assert_eq!(listed.groups[0].member_count, 1, "{listed:?}");
         admin
             .iam()
             .remove_group_member(admin.req(iam::RemoveGroupMemberRequest {
@@ -478,6 +480,18 @@ storage_test!(
             .into_inner();
         let bot = server.client().await.with_token(&issued.access_token);
         list_groups(&bot, "acme").await.expect("the bot may list");
+        let account = |name: String| {
+            let admin = &admin;
+            async move {
+                admin
+                    .iam()
+                    .get_service_account(admin.req(iam::GetServiceAccountRequest { name }))
+                    .await
+                    .expect("get service account")
+                    .into_inner()
+            }
+        };
+        assert_eq!(account(sa.name.clone()).await.active_token_count, 1);
         let token = issued.service_account_token.expect("metadata");
         let listed = admin
             .iam()
@@ -504,6 +518,7 @@ storage_test!(
             "{}",
             refused.message()
         );
+        assert_eq!(account(sa.name.clone()).await.active_token_count, 0);
         // Issuing and revoking tokens is audited, without the token.
         let events = list_events(
             &admin,

@@ -157,6 +157,14 @@ impl From<Error> for Status {
     }
 }
 
+/// What a gRPC handler returns.
+pub type RpcResult<T> = Result<tonic::Response<T>, Status>;
+
+/// Turns a handler's result into its gRPC response (errors through `From<Error> for Status`).
+pub fn respond<T>(result: Result<T, Error>) -> RpcResult<T> {
+    result.map(tonic::Response::new).map_err(Status::from)
+}
+
 impl From<sqlx::Error> for Error {
     fn from(err: sqlx::Error) -> Self {
         match err {

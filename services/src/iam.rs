@@ -15,14 +15,14 @@ use platform_api::platform::iam::v1 as pb;
 use platform_policy::{Binding, CustomRole, Membership, PolicyEngine, PolicySnapshot};
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 use tracing::instrument;
 
 use crate::audit::{AuditLog, AuditRecord, Outcome, timestamp};
 use crate::auth::Authenticator;
 use crate::authz::Gate;
 use crate::context::CallContext;
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, FieldViolation, RpcResult, respond};
 use crate::idempotency;
 use crate::names::{self, parse_child_name, parse_tenant_name, validate_id};
 use crate::pagination::{self, paginate};
@@ -173,6 +173,22 @@ pub async fn load_policy(store: &Store) -> Result<PolicySnapshot, Error> {
     })
 }
 
+/// NOT_FOUND unless `tenant` exists and is active (checked inside the caller's transaction).
+pub async fn tenant_require(tx: &mut WriteTx, tenant: &str) -> Result<(), Error> {
+    let state: Option<i32> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1")
+        .bind(tenant)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if state == Some(TENANT_ACTIVE) {
+        Ok(())
+    } else {
+        Err(Error::NotFound {
+            resource_type: "tenant",
+            name: format!("tenants/{tenant}"),
+        })
+    }
+}
+
 /// Loads the policy and installs it unless the engine changed meanwhile (a change applied while
 /// the snapshot was read would otherwise be undone). Returns whether it was installed.
 async fn replace_policy_guarded(store: &Store, policy: &PolicyEngine) -> Result<bool, Error> {
@@ -225,6 +241,23 @@ impl PolicySync {
             std::sync::atomic::Ordering::AcqRel,
             std::sync::atomic::Ordering::Acquire,
         );
+    }
+
+    /// The start-up load: the version first, then the policy and revocations it covers (a change
+    /// committed in between only makes the data newer than the version, and the first poll
+    /// reloads). The version becomes the applied one.
+    pub async fn load_initial(
+        &self,
+        store: &Store,
+    ) -> Result<(PolicySnapshot, std::collections::HashSet<String>), Error> {
+        let version: i64 = sqlx::query_scalar("SELECT version FROM policy_version WHERE id = 1")
+            .fetch_one(store.pool())
+            .await?;
+        let snapshot = load_policy(store).await?;
+        let revoked = load_revoked_tokens(store).await?;
+        self.applied
+            .store(version, std::sync::atomic::Ordering::Release);
+        Ok((snapshot, revoked))
     }
 
     /// Reloads policy and revocations when the database's version differs from the applied one.
@@ -332,25 +365,6 @@ impl IamService {
 
     fn policy(&self) -> &Arc<PolicyEngine> {
         self.gate.policy()
-    }
-
-    async fn tenant_exists(&self, tx: &mut WriteTx, tenant: &str) -> Result<bool, Error> {
-        let state: Option<i32> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut **tx)
-            .await?;
-        Ok(state == Some(TENANT_ACTIVE))
-    }
-
-    async fn require_tenant(&self, tx: &mut WriteTx, tenant: &str) -> Result<(), Error> {
-        if self.tenant_exists(tx, tenant).await? {
-            Ok(())
-        } else {
-            Err(Error::NotFound {
-                resource_type: "tenant",
-                name: format!("tenants/{tenant}"),
-            })
-        }
     }
 
     // ---------------------------------------------------------------- tenants
@@ -852,7 +866,7 @@ impl IamService {
             return Ok(previous);
         }
         let result = async {
-            self.require_tenant(&mut tx, &tenant).await?;
+            tenant_require(&mut tx, &tenant).await?;
             let now = now_micros();
             let out = pb::Role {
                 name: format!("tenants/{tenant}/roles/{}", req.role_id),
@@ -1206,7 +1220,7 @@ impl IamService {
         }
         let result = async {
             if !tenant.is_empty() {
-                self.require_tenant(&mut tx, &tenant).await?;
+                tenant_require(&mut tx, &tenant).await?;
             }
             self.binding_validate(ctx, &mut tx, &tenant, &binding).await?;
             let now = now_micros();
@@ -1470,7 +1484,7 @@ impl IamService {
             return Ok(previous);
         }
         let result = async {
-            self.require_tenant(&mut tx, &tenant).await?;
+            tenant_require(&mut tx, &tenant).await?;
             let now = now_micros();
             let name = format!("tenants/{tenant}/groups/{}", req.group_id);
             let out = pb::Group {
@@ -1889,7 +1903,7 @@ impl IamService {
             return Ok(previous);
         }
         let result = async {
-            self.require_tenant(&mut tx, &tenant).await?;
+            tenant_require(&mut tx, &tenant).await?;
             let now = now_micros();
             let name = format!("tenants/{tenant}/serviceAccounts/{}", req.service_account_id);
             let out = pb::ServiceAccount {
@@ -2546,239 +2560,251 @@ fn describe_permission(name: &str) -> String {
 
 // ------------------------------------------------------------------ the RPCs
 
-type Rpc<T> = Result<Response<T>, Status>;
-
-fn ok<T>(result: Result<T, Error>) -> Rpc<T> {
-    result.map(Response::new).map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl pb::iam_service_server::IamService for IamService {
     #[instrument(skip_all)]
-    async fn create_tenant(&self, request: Request<pb::CreateTenantRequest>) -> Rpc<pb::Tenant> {
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> RpcResult<pb::Tenant> {
         let mut ctx = CallContext::of(&request)?;
         // Creating a tenant is a platform act: recorded in the platform chain.
         ctx.tenant = None;
-        ok(self.tenant_create(&ctx, request.into_inner()).await)
+        respond(self.tenant_create(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> Rpc<pb::Tenant> {
-        ok(self.tenant_get(&request.get_ref().name).await)
+    async fn get_tenant(&self, request: Request<pb::GetTenantRequest>) -> RpcResult<pb::Tenant> {
+        respond(self.tenant_get(&request.get_ref().name).await)
     }
     #[instrument(skip_all)]
     async fn list_tenants(
         &self,
         request: Request<pb::ListTenantsRequest>,
-    ) -> Rpc<pb::ListTenantsResponse> {
-        ok(self.tenants_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListTenantsResponse> {
+        respond(self.tenants_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
-    async fn update_tenant(&self, request: Request<pb::UpdateTenantRequest>) -> Rpc<pb::Tenant> {
+    async fn update_tenant(
+        &self,
+        request: Request<pb::UpdateTenantRequest>,
+    ) -> RpcResult<pb::Tenant> {
         let ctx = CallContext::of(&request)?;
-        ok(self.tenant_update(&ctx, request.into_inner()).await)
+        respond(self.tenant_update(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn delete_tenant(&self, request: Request<pb::DeleteTenantRequest>) -> Rpc<pb::Tenant> {
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteTenantRequest>,
+    ) -> RpcResult<pb::Tenant> {
         let mut ctx = CallContext::of(&request)?;
         ctx.tenant = None;
-        ok(self.tenant_delete(&ctx, request.into_inner()).await)
+        respond(self.tenant_delete(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn create_role(&self, request: Request<pb::CreateRoleRequest>) -> Rpc<pb::Role> {
+    async fn create_role(&self, request: Request<pb::CreateRoleRequest>) -> RpcResult<pb::Role> {
         let ctx = CallContext::of(&request)?;
-        ok(self.role_create(&ctx, request.into_inner()).await)
+        respond(self.role_create(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn get_role(&self, request: Request<pb::GetRoleRequest>) -> Rpc<pb::Role> {
-        ok(self.role_get(&request.get_ref().name).await)
+    async fn get_role(&self, request: Request<pb::GetRoleRequest>) -> RpcResult<pb::Role> {
+        respond(self.role_get(&request.get_ref().name).await)
     }
     #[instrument(skip_all)]
     async fn list_roles(
         &self,
         request: Request<pb::ListRolesRequest>,
-    ) -> Rpc<pb::ListRolesResponse> {
-        ok(self.roles_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListRolesResponse> {
+        respond(self.roles_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
-    async fn update_role(&self, request: Request<pb::UpdateRoleRequest>) -> Rpc<pb::Role> {
+    async fn update_role(&self, request: Request<pb::UpdateRoleRequest>) -> RpcResult<pb::Role> {
         let ctx = CallContext::of(&request)?;
-        ok(self.role_update(&ctx, request.into_inner()).await)
+        respond(self.role_update(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn delete_role(&self, request: Request<pb::DeleteRoleRequest>) -> Rpc<()> {
+    async fn delete_role(&self, request: Request<pb::DeleteRoleRequest>) -> RpcResult<()> {
         let ctx = CallContext::of(&request)?;
-        ok(self.role_delete(&ctx, request.into_inner()).await)
+        respond(self.role_delete(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn create_role_binding(
         &self,
         request: Request<pb::CreateRoleBindingRequest>,
-    ) -> Rpc<pb::RoleBinding> {
+    ) -> RpcResult<pb::RoleBinding> {
         let ctx = CallContext::of(&request)?;
-        ok(self.binding_create(&ctx, request.into_inner()).await)
+        respond(self.binding_create(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn get_role_binding(
         &self,
         request: Request<pb::GetRoleBindingRequest>,
-    ) -> Rpc<pb::RoleBinding> {
-        ok(self.binding_get(&request.get_ref().name).await)
+    ) -> RpcResult<pb::RoleBinding> {
+        respond(self.binding_get(&request.get_ref().name).await)
     }
     #[instrument(skip_all)]
     async fn list_role_bindings(
         &self,
         request: Request<pb::ListRoleBindingsRequest>,
-    ) -> Rpc<pb::ListRoleBindingsResponse> {
-        ok(self.bindings_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListRoleBindingsResponse> {
+        respond(self.bindings_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
-    async fn delete_role_binding(&self, request: Request<pb::DeleteRoleBindingRequest>) -> Rpc<()> {
+    async fn delete_role_binding(
+        &self,
+        request: Request<pb::DeleteRoleBindingRequest>,
+    ) -> RpcResult<()> {
         let ctx = CallContext::of(&request)?;
-        ok(self.binding_delete(&ctx, request.into_inner()).await)
+        respond(self.binding_delete(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> Rpc<pb::Group> {
+    async fn create_group(&self, request: Request<pb::CreateGroupRequest>) -> RpcResult<pb::Group> {
         let ctx = CallContext::of(&request)?;
-        ok(self.group_create(&ctx, request.into_inner()).await)
+        respond(self.group_create(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> Rpc<pb::Group> {
-        ok(self.group_get(&request.get_ref().name).await)
+    async fn get_group(&self, request: Request<pb::GetGroupRequest>) -> RpcResult<pb::Group> {
+        respond(self.group_get(&request.get_ref().name).await)
     }
     #[instrument(skip_all)]
     async fn list_groups(
         &self,
         request: Request<pb::ListGroupsRequest>,
-    ) -> Rpc<pb::ListGroupsResponse> {
-        ok(self.groups_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListGroupsResponse> {
+        respond(self.groups_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
-    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> Rpc<pb::Group> {
+    async fn update_group(&self, request: Request<pb::UpdateGroupRequest>) -> RpcResult<pb::Group> {
         let ctx = CallContext::of(&request)?;
-        ok(self.group_update(&ctx, request.into_inner()).await)
+        respond(self.group_update(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> Rpc<()> {
+    async fn delete_group(&self, request: Request<pb::DeleteGroupRequest>) -> RpcResult<()> {
         let ctx = CallContext::of(&request)?;
-        ok(self.group_delete(&ctx, request.into_inner()).await)
+        respond(self.group_delete(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn add_group_member(
         &self,
         request: Request<pb::AddGroupMemberRequest>,
-    ) -> Rpc<pb::GroupMember> {
+    ) -> RpcResult<pb::GroupMember> {
         let ctx = CallContext::of(&request)?;
-        ok(self.member_add(&ctx, request.into_inner()).await)
+        respond(self.member_add(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn remove_group_member(&self, request: Request<pb::RemoveGroupMemberRequest>) -> Rpc<()> {
+    async fn remove_group_member(
+        &self,
+        request: Request<pb::RemoveGroupMemberRequest>,
+    ) -> RpcResult<()> {
         let ctx = CallContext::of(&request)?;
-        ok(self.member_remove(&ctx, request.into_inner()).await)
+        respond(self.member_remove(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn list_group_members(
         &self,
         request: Request<pb::ListGroupMembersRequest>,
-    ) -> Rpc<pb::ListGroupMembersResponse> {
-        ok(self.members_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListGroupMembersResponse> {
+        respond(self.members_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
     async fn create_service_account(
         &self,
         request: Request<pb::CreateServiceAccountRequest>,
-    ) -> Rpc<pb::ServiceAccount> {
+    ) -> RpcResult<pb::ServiceAccount> {
         let ctx = CallContext::of(&request)?;
-        ok(self
-            .service_account_create(&ctx, request.into_inner())
-            .await)
+        respond(
+            self.service_account_create(&ctx, request.into_inner())
+                .await,
+        )
     }
     #[instrument(skip_all)]
     async fn get_service_account(
         &self,
         request: Request<pb::GetServiceAccountRequest>,
-    ) -> Rpc<pb::ServiceAccount> {
-        ok(self.service_account_get(&request.get_ref().name).await)
+    ) -> RpcResult<pb::ServiceAccount> {
+        respond(self.service_account_get(&request.get_ref().name).await)
     }
     #[instrument(skip_all)]
     async fn list_service_accounts(
         &self,
         request: Request<pb::ListServiceAccountsRequest>,
-    ) -> Rpc<pb::ListServiceAccountsResponse> {
-        ok(self.service_accounts_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListServiceAccountsResponse> {
+        respond(self.service_accounts_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
     async fn update_service_account(
         &self,
         request: Request<pb::UpdateServiceAccountRequest>,
-    ) -> Rpc<pb::ServiceAccount> {
+    ) -> RpcResult<pb::ServiceAccount> {
         let ctx = CallContext::of(&request)?;
-        ok(self
-            .service_account_update(&ctx, request.into_inner())
-            .await)
+        respond(
+            self.service_account_update(&ctx, request.into_inner())
+                .await,
+        )
     }
     #[instrument(skip_all)]
     async fn delete_service_account(
         &self,
         request: Request<pb::DeleteServiceAccountRequest>,
-    ) -> Rpc<()> {
+    ) -> RpcResult<()> {
         let ctx = CallContext::of(&request)?;
-        ok(self
-            .service_account_delete(&ctx, request.into_inner())
-            .await)
+        respond(
+            self.service_account_delete(&ctx, request.into_inner())
+                .await,
+        )
     }
     #[instrument(skip_all)]
     async fn issue_service_account_token(
         &self,
         request: Request<pb::IssueServiceAccountTokenRequest>,
-    ) -> Rpc<pb::IssueServiceAccountTokenResponse> {
+    ) -> RpcResult<pb::IssueServiceAccountTokenResponse> {
         let ctx = CallContext::of(&request)?;
-        ok(self.token_issue(&ctx, request.into_inner()).await)
+        respond(self.token_issue(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn list_service_account_tokens(
         &self,
         request: Request<pb::ListServiceAccountTokensRequest>,
-    ) -> Rpc<pb::ListServiceAccountTokensResponse> {
-        ok(self.tokens_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListServiceAccountTokensResponse> {
+        respond(self.tokens_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
     async fn revoke_service_account_token(
         &self,
         request: Request<pb::RevokeServiceAccountTokenRequest>,
-    ) -> Rpc<pb::ServiceAccountToken> {
+    ) -> RpcResult<pb::ServiceAccountToken> {
         let ctx = CallContext::of(&request)?;
-        ok(self.token_revoke(&ctx, request.into_inner()).await)
+        respond(self.token_revoke(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn revoke_token(
         &self,
         request: Request<pb::RevokeTokenRequest>,
-    ) -> Rpc<pb::RevokeTokenResponse> {
+    ) -> RpcResult<pb::RevokeTokenResponse> {
         let ctx = CallContext::of(&request)?;
-        ok(self.token_revoke_any(&ctx, request.into_inner()).await)
+        respond(self.token_revoke_any(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn test_permissions(
         &self,
         request: Request<pb::TestPermissionsRequest>,
-    ) -> Rpc<pb::TestPermissionsResponse> {
+    ) -> RpcResult<pb::TestPermissionsResponse> {
         let ctx = CallContext::of(&request)?;
-        ok(self.test_permissions(&ctx, request.get_ref()))
+        respond(self.test_permissions(&ctx, request.get_ref()))
     }
     #[instrument(skip_all)]
     async fn get_caller(
         &self,
         request: Request<pb::GetCallerRequest>,
-    ) -> Rpc<pb::GetCallerResponse> {
+    ) -> RpcResult<pb::GetCallerResponse> {
         let ctx = CallContext::of(&request)?;
-        ok(self.caller(&ctx).await)
+        respond(self.caller(&ctx).await)
     }
     #[instrument(skip_all)]
     async fn list_permissions(
         &self,
         request: Request<pb::ListPermissionsRequest>,
-    ) -> Rpc<pb::ListPermissionsResponse> {
-        ok(self.permissions_list(request.get_ref()))
+    ) -> RpcResult<pb::ListPermissionsResponse> {
+        respond(self.permissions_list(request.get_ref()))
     }
 }
 

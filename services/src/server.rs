@@ -119,22 +119,17 @@ impl App {
             Authenticator::new(config.auth.clone(), signing_key)
                 .map_err(|e| StartError::Auth(e.to_string()))?,
         );
-        let revoked = iam::load_revoked_tokens(&store)
+        let sync = Arc::new(iam::PolicySync::default());
+        let (snapshot, revoked) = sync
+            .load_initial(&store)
             .await
             .map_err(|e| StartError::Policy(e.to_string()))?;
         authenticator.set_revoked(revoked);
-        let snapshot = iam::load_policy(&store)
-            .await
-            .map_err(|e| StartError::Policy(e.to_string()))?;
         let policy = Arc::new(
             PolicyEngine::new(snapshot)
                 .await
                 .map_err(|e| StartError::Policy(e.to_string()))?,
         );
-        let sync = Arc::new(iam::PolicySync::default());
-        sync.poll_once(&store, &policy, &authenticator)
-            .await
-            .map_err(|e| StartError::Policy(e.to_string()))?;
         let audit = AuditLog::new(store.clone());
         let gate = Gate::new(authenticator.clone(), policy, audit.clone(), store.clone())
             .map_err(StartError::Policy)?;

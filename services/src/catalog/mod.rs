@@ -21,12 +21,12 @@ use platform_api::platform::catalog::v1 as pb;
 use prost::Message;
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use tonic::{Request, Response, Status};
+use tonic::Request;
 use tracing::instrument;
 
 use crate::audit::{AuditLog, timestamp};
 use crate::context::CallContext;
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, FieldViolation, RpcResult, respond};
 use crate::filter::{self, Op};
 use crate::idempotency;
 use crate::names::{self, parse_tenant_name};
@@ -983,7 +983,7 @@ impl CatalogService {
             return Ok(previous);
         }
         let result = async {
-            require_tenant(&mut tx, &tenant).await?;
+            crate::iam::tenant_require(&mut tx, &tenant).await?;
             self.store
                 .entity_put(&mut tx, &tenant, &mut entity, "", true, "")
                 .await?;
@@ -1232,21 +1232,6 @@ impl CatalogService {
     }
 }
 
-async fn require_tenant(tx: &mut WriteTx, tenant: &str) -> Result<(), Error> {
-    let state: Option<i32> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1")
-        .bind(tenant)
-        .fetch_optional(&mut **tx)
-        .await?;
-    if state == Some(1) {
-        Ok(())
-    } else {
-        Err(Error::NotFound {
-            resource_type: "tenant",
-            name: format!("tenants/{tenant}"),
-        })
-    }
-}
-
 /// Applies an UpdateEntity mask to the stored entity. Empty mask: every field set in `given`
 /// (AIP-134); `*`: replace the whole entity.
 fn apply_mask(
@@ -1389,7 +1374,7 @@ impl CatalogService {
             return Ok(previous);
         }
         let result = async {
-            require_tenant(&mut tx, &tenant).await?;
+            crate::iam::tenant_require(&mut tx, &tenant).await?;
             let mut response = pb::ImportEntitiesResponse::default();
             // Pass 1: convert every document; collect the entities to write.
             let mut seen: HashSet<EntityKey> = HashSet::new();
@@ -1836,66 +1821,66 @@ impl CatalogService {
     }
 }
 
-type Rpc<T> = Result<Response<T>, Status>;
-
-fn ok<T>(result: Result<T, Error>) -> Rpc<T> {
-    result.map(Response::new).map_err(Status::from)
-}
-
 #[tonic::async_trait]
 impl pb::catalog_service_server::CatalogService for CatalogService {
     #[instrument(skip_all)]
-    async fn create_entity(&self, request: Request<pb::CreateEntityRequest>) -> Rpc<pb::Entity> {
+    async fn create_entity(
+        &self,
+        request: Request<pb::CreateEntityRequest>,
+    ) -> RpcResult<pb::Entity> {
         let ctx = CallContext::of(&request)?;
-        ok(self.entity_create(&ctx, request.into_inner()).await)
+        respond(self.entity_create(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn get_entity(&self, request: Request<pb::GetEntityRequest>) -> Rpc<pb::Entity> {
-        ok(self.entity_get(request.get_ref()).await)
+    async fn get_entity(&self, request: Request<pb::GetEntityRequest>) -> RpcResult<pb::Entity> {
+        respond(self.entity_get(request.get_ref()).await)
     }
     #[instrument(skip_all)]
     async fn batch_get_entities(
         &self,
         request: Request<pb::BatchGetEntitiesRequest>,
-    ) -> Rpc<pb::BatchGetEntitiesResponse> {
-        ok(self.entities_batch_get(request.get_ref()).await)
+    ) -> RpcResult<pb::BatchGetEntitiesResponse> {
+        respond(self.entities_batch_get(request.get_ref()).await)
     }
     #[instrument(skip_all)]
     async fn list_entities(
         &self,
         request: Request<pb::ListEntitiesRequest>,
-    ) -> Rpc<pb::ListEntitiesResponse> {
-        ok(self.entities_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListEntitiesResponse> {
+        respond(self.entities_list(request.get_ref()).await)
     }
     #[instrument(skip_all)]
-    async fn update_entity(&self, request: Request<pb::UpdateEntityRequest>) -> Rpc<pb::Entity> {
+    async fn update_entity(
+        &self,
+        request: Request<pb::UpdateEntityRequest>,
+    ) -> RpcResult<pb::Entity> {
         let ctx = CallContext::of(&request)?;
-        ok(self.entity_update(&ctx, request.into_inner()).await)
+        respond(self.entity_update(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
-    async fn delete_entity(&self, request: Request<pb::DeleteEntityRequest>) -> Rpc<()> {
+    async fn delete_entity(&self, request: Request<pb::DeleteEntityRequest>) -> RpcResult<()> {
         let ctx = CallContext::of(&request)?;
-        ok(self.entity_delete(&ctx, request.into_inner()).await)
+        respond(self.entity_delete(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn import_entities(
         &self,
         request: Request<pb::ImportEntitiesRequest>,
-    ) -> Rpc<pb::ImportEntitiesResponse> {
+    ) -> RpcResult<pb::ImportEntitiesResponse> {
         let ctx = CallContext::of(&request)?;
-        ok(self.entities_import(&ctx, request.into_inner()).await)
+        respond(self.entities_import(&ctx, request.into_inner()).await)
     }
     #[instrument(skip_all)]
     async fn list_entity_relations(
         &self,
         request: Request<pb::ListEntityRelationsRequest>,
-    ) -> Rpc<pb::ListEntityRelationsResponse> {
-        ok(self.relations_list(request.get_ref()).await)
+    ) -> RpcResult<pb::ListEntityRelationsResponse> {
+        respond(self.relations_list(request.get_ref()).await)
     }
     async fn search_entities(
         &self,
         _: Request<pb::SearchEntitiesRequest>,
-    ) -> Rpc<pb::SearchEntitiesResponse> {
+    ) -> RpcResult<pb::SearchEntitiesResponse> {
         Err(Error::unimplemented(
             "CatalogService.SearchEntities is not implemented yet; use ListEntities with `query`",
         )
@@ -1904,19 +1889,19 @@ impl pb::catalog_service_server::CatalogService for CatalogService {
     async fn get_entity_facets(
         &self,
         _: Request<pb::GetEntityFacetsRequest>,
-    ) -> Rpc<pb::GetEntityFacetsResponse> {
+    ) -> RpcResult<pb::GetEntityFacetsResponse> {
         Err(Error::unimplemented("CatalogService.GetEntityFacets is not implemented yet").into())
     }
     async fn get_catalog_settings(
         &self,
         _: Request<pb::GetCatalogSettingsRequest>,
-    ) -> Rpc<pb::CatalogSettings> {
+    ) -> RpcResult<pb::CatalogSettings> {
         Err(Error::unimplemented("CatalogService.GetCatalogSettings is not implemented yet").into())
     }
     async fn update_catalog_settings(
         &self,
         _: Request<pb::UpdateCatalogSettingsRequest>,
-    ) -> Rpc<pb::CatalogSettings> {
+    ) -> RpcResult<pb::CatalogSettings> {
         Err(
             Error::unimplemented("CatalogService.UpdateCatalogSettings is not implemented yet")
                 .into(),
@@ -1926,7 +1911,7 @@ impl pb::catalog_service_server::CatalogService for CatalogService {
     async fn traverse_entity_graph(
         &self,
         request: Request<pb::TraverseEntityGraphRequest>,
-    ) -> Rpc<pb::TraverseEntityGraphResponse> {
-        ok(self.graph_traverse(request.get_ref()).await)
+    ) -> RpcResult<pb::TraverseEntityGraphResponse> {
+        respond(self.graph_traverse(request.get_ref()).await)
     }
 }

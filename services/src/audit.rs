@@ -202,6 +202,12 @@ impl AuditLog {
         Ok(seq)
     }
 
+    /// Signalled after every commit made through this log (every audited mutation), for live
+    /// watchers of any service to re-read.
+    pub fn committed_signal(&self) -> Arc<Notify> {
+        self.committed.clone()
+    }
+
     /// Tells live watchers that new records may have been committed.
     pub fn notify_committed(&self) {
         self.committed.notify_waiters();
@@ -665,7 +671,7 @@ impl std::fmt::Debug for WatchAccess {
 
 impl WatchAccess {
     /// `Some(status)` when the caller of `ctx` may no longer watch.
-    fn revoked(&self, ctx: &CallContext) -> Option<Status> {
+    pub fn revoked(&self, ctx: &CallContext) -> Option<Status> {
         if !ctx.token_id.is_empty() && self.authenticator.is_revoked(&ctx.token_id) {
             return Some(Status::unauthenticated("bearer token has been revoked"));
         }

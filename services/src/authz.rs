@@ -365,6 +365,7 @@ impl Gate {
                 entry.permission,
             ),
         };
+        let allowed = allowed || self.owner_allows(&ctx).await;
         if !allowed {
             self.audit_denial(&ctx).await;
             return Decision::Rejected(
@@ -378,6 +379,33 @@ impl Gate {
             );
         }
         Decision::Allowed(Box::new(ctx), bytes)
+    }
+
+    /// Catalog ownership (asked only after the policy said no): the owner role of the entity the
+    /// call targets, if the caller's catalog User belongs to the owning Group. What that role
+    /// permits is the policy engine's answer, as for any binding.
+    async fn owner_allows(&self, ctx: &CallContext) -> bool {
+        let Some(tenant) = ctx.tenant.as_deref() else {
+            return false;
+        };
+        if crate::catalog::ownership::entity_of_resource(&ctx.resource).is_none() {
+            return false;
+        }
+        match crate::catalog::ownership::owner_role_for(
+            &self.inner.store,
+            &ctx.principal,
+            tenant,
+            &ctx.resource,
+        )
+        .await
+        {
+            Ok(Some(role)) => self.inner.policy.role_includes(&role, ctx.permission),
+            Ok(None) => false,
+            Err(err) => {
+                tracing::warn!(error = %err, "could not evaluate catalog ownership; denying");
+                false
+            }
+        }
     }
 
     /// Records a denial in the tenant's chain when the tenant exists, else in the platform chain

@@ -55,6 +55,9 @@ pub enum Error {
     /// Authenticated but not allowed.
     #[error("permission denied: {message}")]
     PermissionDenied { message: String },
+    /// A position outside what is kept or exists (e.g. a watch resuming from pruned history).
+    #[error("out of range: {message}")]
+    OutOfRange { message: String },
     /// A limit was hit (request size, quota, overload).
     #[error("resource exhausted: {message}")]
     ResourceExhausted { message: String },
@@ -105,6 +108,7 @@ impl Error {
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Error::OutOfRange { .. } => Code::OutOfRange,
             Error::Unimplemented { .. } => Code::Unimplemented,
             Error::Unavailable { .. } => Code::Unavailable,
             Error::Internal { .. } => Code::Internal,
@@ -143,6 +147,7 @@ impl From<Error> for Status {
             | Error::Unauthenticated { message }
             | Error::PermissionDenied { message }
             | Error::ResourceExhausted { message }
+            | Error::OutOfRange { message }
             | Error::Unimplemented { message }
             | Error::Unavailable { message } => Status::new(code, message),
             Error::Internal { internal_message } => {

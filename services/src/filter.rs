@@ -81,8 +81,13 @@ fn scan_term(chars: &[char], mut pos: usize) -> Result<(Term, usize), Error> {
     };
     // field
     let start = pos;
+    // Label and annotation keys (`labels.app.kubernetes.io/name`) also hold `-` and `/`; a
+    // leading `-` is negation and was consumed before.
     while pos < chars.len()
-        && (chars[pos].is_ascii_alphanumeric() || chars[pos] == '_' || chars[pos] == '.')
+        && (chars[pos].is_ascii_alphanumeric()
+            || chars[pos] == '_'
+            || chars[pos] == '.'
+            || (pos > start && matches!(chars[pos], '-' | '/')))
     {
         pos += 1;
     }

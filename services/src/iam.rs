@@ -73,9 +73,12 @@ fn violations_to_result(violations: Vec<FieldViolation>) -> Result<(), Error> {
     }
 }
 
+/// `iam_group_members.source` of memberships mirrored from a linked catalog Group.
+pub(crate) const CATALOG_MEMBER_SOURCE: i32 = pb::GroupMemberSource::Catalog as i32;
+
 /// Maps a role name as bound (`tenants/{t}/roles/{r}` or `roles/platform-admin`) to the policy
 /// engine's role key: a built-in id, or the custom role's full name.
-fn policy_role_key(role_name: &str) -> String {
+pub(crate) fn policy_role_key(role_name: &str) -> String {
     if role_name == PLATFORM_ADMIN_ROLE {
         return "platform-admin".into();
     }
@@ -1523,6 +1526,14 @@ impl IamService {
             if inserted.rows_affected() == 0 {
                 return Err(Error::AlreadyExists { resource_type: "group", name: out.name.clone() });
             }
+            // A group linked to a catalog Group starts with that Group's members.
+            crate::catalog::iam_groups_sync(&mut tx, &tenant).await?;
+            let mut out = out;
+            out.member_count = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM iam_group_members WHERE tenant = $1 AND group_id = $2")
+                .bind(&tenant)
+                .bind(&req.group_id)
+                .fetch_one(&mut *tx)
+                .await? as i32;
             idempotency::remember(&mut tx, ctx, &req.request_id, &out).await?;
             Ok(out)
         }

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod contract;
+pub mod driver;
 pub mod error;
 pub mod filter;
 pub mod iam;

@@ -16,6 +16,13 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
 use tower::{Layer, Service};
 
+/// Bulk methods whose requests carry whole files may send larger messages, so that an oversized
+/// document inside one reaches the handler and is refused there with INVALID_ARGUMENT naming
+/// the source, instead of failing the whole call at the transport.
+pub const BULK_METHODS: &[&str] = &["/platform.catalog.v1.CatalogService/ImportEntities"];
+/// The message limit of [`BULK_METHODS`] (never below the general limit).
+pub const BULK_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Caps the size of every gRPC message in a request body.
 #[derive(Debug, Clone, Copy)]
 pub struct MessageSizeLimitLayer {
@@ -57,7 +64,11 @@ where
     }
 
     fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
-        let limit = self.limit;
+        let limit = if BULK_METHODS.contains(&request.uri().path()) {
+            self.limit.max(BULK_MESSAGE_BYTES)
+        } else {
+            self.limit
+        };
         let request = request.map(|body| {
             tonic::body::Body::new(LimitedBody {
                 inner: body,

@@ -58,6 +58,8 @@ pub enum StartError {
     Auth(String),
     #[error("authorization policy: {0}")]
     Policy(String),
+    #[error("catalog: {0}")]
+    Catalog(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
 }
@@ -150,20 +152,27 @@ impl App {
             authenticator.clone(),
             sync,
         );
-        let catalog = crate::catalog::CatalogService::new(store.clone(), audit.clone());
-        let audit_service = AuditService::new(
+        let watch_access = crate::audit::WatchAccess {
+            gate: gate.clone(),
+            authenticator: authenticator.clone(),
+            recheck: config.watch_recheck,
+        };
+        crate::catalog::index_backfill(&store)
+            .await
+            .map_err(|e| StartError::Catalog(format!("re-indexing stored entities: {e}")))?;
+        tokio::spawn(crate::catalog::run_change_retention(store.clone()));
+        let catalog = crate::catalog::CatalogService::new(
             store.clone(),
-            audit,
-            Some(crate::audit::WatchAccess {
-                gate: gate.clone(),
-                authenticator: authenticator.clone(),
-                recheck: config.watch_recheck,
-            }),
+            audit.clone(),
+            Some(watch_access.clone()),
         );
+        let audit_service = AuditService::new(store.clone(), audit, Some(watch_access));
         routes = routes
             .add_service(
+                // The per-method limit is enforced by MessageSizeLimitLayer; tonic's own cap is
+                // per service, so it is set to the largest any catalog method may receive.
                 platform_api::platform::catalog::v1::catalog_service_server::CatalogServiceServer::new(catalog)
-                    .max_decoding_message_size(config.max_message_bytes),
+                    .max_decoding_message_size(config.max_message_bytes.max(crate::limits::BULK_MESSAGE_BYTES)),
             )
             .add_service(
                 platform_api::platform::iam::v1::iam_service_server::IamServiceServer::new(iam)

@@ -56,7 +56,7 @@ fn corpus_sources(dir: &Path, sub: &str, out: &mut Vec<cat::ImportSource>) {
     }
 }
 
-async fn setup(backend: Backend) -> (TestDb, TestServer, TestClient) {
+pub(crate) async fn setup(backend: Backend) -> (TestDb, TestServer, TestClient) {
     let db = TestDb::new(backend).await;
     let server = TestServer::start(&db).await;
     let admin = server.admin().await;
@@ -71,13 +71,13 @@ async fn setup(backend: Backend) -> (TestDb, TestServer, TestClient) {
     (db, server, admin)
 }
 
-fn catalog(
+pub(crate) fn catalog(
     client: &TestClient,
 ) -> cat::catalog_service_client::CatalogServiceClient<tonic::transport::Channel> {
     cat::catalog_service_client::CatalogServiceClient::new(client.channel.clone())
 }
 
-async fn import(
+pub(crate) async fn import(
     client: &TestClient,
     sources: Vec<cat::ImportSource>,
     location_key: &str,
@@ -93,7 +93,7 @@ async fn import(
         .map(|r| r.into_inner())
 }
 
-async fn list(
+pub(crate) async fn list(
     client: &TestClient,
     filter: &str,
     query: &str,
@@ -114,7 +114,7 @@ async fn list(
         .into_inner()
 }
 
-async fn get(client: &TestClient, name: &str) -> Result<cat::Entity, tonic::Status> {
+pub(crate) async fn get(client: &TestClient, name: &str) -> Result<cat::Entity, tonic::Status> {
     catalog(client)
         .get_entity(client.req(cat::GetEntityRequest {
             name: name.into(),
@@ -274,7 +274,12 @@ storage_test!(
         // Not YAML at all, or a YAML bomb: the whole request is refused, nothing written.
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\ng: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n";
         let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
-        for content in [bomb.to_owned(), deep, "kind: [unclosed".to_owned()] {
+        // 10 MB in one document: over the 1 MiB document limit, refused naming the source.
+        let huge = format!(
+            "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: huge\n  description: {}\n",
+            "x".repeat(10_000_000)
+        );
+        for content in [bomb.to_owned(), deep, "kind: [unclosed".to_owned(), huge] {
             let err = import(
                 &admin,
                 vec![cat::ImportSource {
@@ -285,7 +290,12 @@ storage_test!(
             )
             .await
             .expect_err("refused");
-            assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+            assert_eq!(err.code(), Code::InvalidArgument, "{:?}", err.message());
+            assert!(
+                err.message().contains("sources[0].content"),
+                "{:?}",
+                err.message()
+            );
         }
         assert_eq!(list(&admin, "", "", 100, "").await.total_size, 1);
         server.stop().await;

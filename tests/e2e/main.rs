@@ -4,6 +4,8 @@
 mod support;
 
 mod catalog;
+mod catalog_discovery;
+mod catalog_ownership;
 mod contract_and_transport;
 mod iam_audit;
 mod identity;

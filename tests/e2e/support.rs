@@ -256,6 +256,7 @@ pub fn read_bootstrap_token(data_dir: &Path) -> String {
 }
 
 /// A client of a running server, one method per call the tests make.
+#[derive(Clone)]
 pub struct TestClient {
     pub channel: Channel,
     pub token: Option<String>,

@@ -11,7 +11,11 @@
 //! documents and one audit record together, and re-importing identical content changes nothing
 //! (the content hash decides).
 
+mod changes;
 pub mod model;
+pub mod ownership;
+mod search;
+mod settings;
 pub mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -33,7 +37,68 @@ use crate::names::{self, parse_tenant_name};
 use crate::pagination;
 use crate::store::{Store, WriteTx, now_micros};
 
+pub use changes::run_retention as run_change_retention;
 use model::EntityRef;
+pub use ownership::iam_groups_sync;
+
+/// Fills what later migrations added to the index (`api_version`, annotation rows) for entities
+/// stored before them: such rows have an empty `api_version`, which no valid entity has. Runs at
+/// start-up; a no-op (one indexed count) once done.
+pub async fn index_backfill(store: &Store) -> Result<u64, Error> {
+    let mut done = 0;
+    loop {
+        let rows = sqlx::query(
+            "SELECT tenant, ref, body FROM catalog_entities WHERE api_version = '' LIMIT 500",
+        )
+        .fetch_all(store.pool())
+        .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut tx = store.write_tx().await?;
+        for row in &rows {
+            let tenant: String = row.try_get("tenant")?;
+            let ref_key: String = row.try_get("ref")?;
+            let entity = CatalogStore::entity_from_row(row)?;
+            let api_version = if entity.api_version.is_empty() {
+                "unknown".to_owned()
+            } else {
+                entity.api_version.clone()
+            };
+            sqlx::query(
+                "UPDATE catalog_entities SET api_version = $1 WHERE tenant = $2 AND ref = $3",
+            )
+            .bind(api_version)
+            .bind(&tenant)
+            .bind(&ref_key)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM catalog_annotations WHERE tenant = $1 AND ref = $2")
+                .bind(&tenant)
+                .bind(&ref_key)
+                .execute(&mut *tx)
+                .await?;
+            for (k, v) in entity.metadata.iter().flat_map(|m| m.annotations.iter()) {
+                sqlx::query("INSERT INTO catalog_annotations (tenant, ref, key, value) VALUES ($1, $2, $3, $4)")
+                    .bind(&tenant)
+                    .bind(&ref_key)
+                    .bind(k)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        done += rows.len() as u64;
+    }
+    if done > 0 {
+        tracing::info!(
+            entities = done,
+            "re-indexed catalog entities stored before an index migration"
+        );
+    }
+    Ok(done)
+}
 
 /// Limits of one ImportEntities call.
 const MAX_IMPORT_SOURCES: usize = 1000;
@@ -316,8 +381,8 @@ impl CatalogStore {
             let columns = summary_columns(entity);
             sqlx::query(
                 "UPDATE catalog_entities SET name = $1, title = $2, description = $3, spec_type = $4, lifecycle = $5, owner_ref = $6, \
-                 system_ref = $7, search_text = $8, body = $9, content_hash = $10, etag = $11, location_key = $12, update_time_us = $13 \
-                 WHERE tenant = $14 AND ref = $15",
+                 system_ref = $7, search_text = $8, body = $9, content_hash = $10, etag = $11, location_key = $12, update_time_us = $13, \
+                 api_version = $14 WHERE tenant = $15 AND ref = $16",
             )
             .bind(entity.metadata.as_ref().map(|m| m.name.clone()).unwrap_or_default())
             .bind(entity.metadata.as_ref().map(|m| m.title.clone()).unwrap_or_default())
@@ -332,9 +397,20 @@ impl CatalogStore {
             .bind(&hash)
             .bind(location_key)
             .bind(now)
+            .bind(&entity.api_version)
             .bind(tenant)
             .bind(&ref_key)
             .execute(&mut **tx)
+            .await?;
+            changes::record(
+                tx,
+                tenant,
+                &[changes::Change::of(
+                    changes::ChangeType::Updated,
+                    tenant,
+                    entity,
+                )],
+            )
             .await?;
             self.entity_index_clear(tx, tenant, &ref_key).await?;
             self.entity_index_write(tx, tenant, &ref_key, entity)
@@ -374,6 +450,11 @@ impl CatalogStore {
             .bind(ref_key)
             .execute(&mut **tx)
             .await?;
+        sqlx::query("DELETE FROM catalog_annotations WHERE tenant = $1 AND ref = $2")
+            .bind(tenant)
+            .bind(ref_key)
+            .execute(&mut **tx)
+            .await?;
         sqlx::query("DELETE FROM catalog_relations WHERE tenant = $1 AND origin_ref = $2")
             .bind(tenant)
             .bind(ref_key)
@@ -402,6 +483,7 @@ impl CatalogStore {
         entities: &[(String, &pb::Entity)],
     ) -> Result<(), Error> {
         let mut labels: Vec<(&str, String, String)> = Vec::new();
+        let mut annotations: Vec<(&str, String, String)> = Vec::new();
         let mut tags: BTreeSet<(&str, String)> = BTreeSet::new();
         let mut relations: BTreeSet<(String, i32, String, &str)> = BTreeSet::new();
         for (ref_key, entity) in entities {
@@ -409,6 +491,9 @@ impl CatalogStore {
             if let Some(metadata) = &entity.metadata {
                 for (k, v) in &metadata.labels {
                     labels.push((ref_key, k.clone(), v.clone()));
+                }
+                for (k, v) in &metadata.annotations {
+                    annotations.push((ref_key, k.clone(), v.clone()));
                 }
                 for tag in &metadata.tags {
                     tags.insert((ref_key, tag.clone()));
@@ -434,19 +519,24 @@ impl CatalogStore {
             }
         }
         // At most 250 rows (≤ 1,001 parameters) per statement, well under both engines' limits.
-        for chunk in labels.chunks(250) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("($1, ${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
-                .collect();
-            let sql = format!(
-                "INSERT INTO catalog_labels (tenant, ref, key, value) VALUES {} ON CONFLICT DO NOTHING",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql).bind(tenant);
-            for (r, k, v) in chunk {
-                query = query.bind(*r).bind(k.as_str()).bind(v.as_str());
+        for (table, rows) in [
+            ("catalog_labels", &labels),
+            ("catalog_annotations", &annotations),
+        ] {
+            for chunk in rows.chunks(250) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("($1, ${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {table} (tenant, ref, key, value) VALUES {} ON CONFLICT DO NOTHING",
+                    values.join(", ")
+                );
+                let mut query = sqlx::query(&sql).bind(tenant);
+                for (r, k, v) in chunk {
+                    query = query.bind(*r).bind(k.as_str()).bind(v.as_str());
+                }
+                query.execute(&mut **tx).await?;
             }
-            query.execute(&mut **tx).await?;
         }
         let tags: Vec<_> = tags.into_iter().collect();
         for chunk in tags.chunks(250) {
@@ -539,7 +629,7 @@ impl CatalogStore {
         location_key: &str,
         content_hashes: &[String],
     ) -> Result<(), Error> {
-        const COLUMNS: usize = 19;
+        const COLUMNS: usize = 20;
         for (chunk_index, chunk) in entities.chunks(40).enumerate() {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
@@ -551,7 +641,7 @@ impl CatalogStore {
                 .collect();
             let sql = format!(
                 "INSERT INTO catalog_entities (tenant, kind, namespace, name_key, name, ref, uid, title, description, spec_type, \
-                 lifecycle, owner_ref, system_ref, search_text, body, content_hash, etag, location_key, create_time_us, update_time_us) \
+                 lifecycle, owner_ref, system_ref, search_text, body, content_hash, etag, location_key, create_time_us, update_time_us, api_version) \
                  VALUES {}",
                 values.join(", ")
             );
@@ -584,10 +674,16 @@ impl CatalogStore {
                     .bind(entity.etag.clone())
                     .bind(location_key.to_owned())
                     .bind(created)
-                    .bind(created);
+                    .bind(created)
+                    .bind(entity.api_version.clone());
             }
             query.execute(&mut **tx).await?;
         }
+        let created: Vec<changes::Change> = entities
+            .iter()
+            .map(|e| changes::Change::of(changes::ChangeType::Created, tenant, e))
+            .collect();
+        changes::record(tx, tenant, &created).await?;
         Ok(())
     }
 
@@ -598,13 +694,27 @@ impl CatalogStore {
         key: &EntityKey,
     ) -> Result<bool, Error> {
         let ref_key = key.ref_key();
-        let deleted = sqlx::query("DELETE FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-            .bind(tenant)
-            .bind(&ref_key)
-            .execute(&mut **tx)
-            .await?;
+        let deleted = sqlx::query(
+            "DELETE FROM catalog_entities WHERE tenant = $1 AND ref = $2 RETURNING uid, name",
+        )
+        .bind(tenant)
+        .bind(&ref_key)
+        .fetch_optional(&mut **tx)
+        .await?;
         self.entity_index_clear(tx, tenant, &ref_key).await?;
-        Ok(deleted.rows_affected() > 0)
+        let Some(row) = deleted else { return Ok(false) };
+        let name: String = row.try_get("name")?;
+        let change = changes::Change {
+            change: changes::ChangeType::Deleted,
+            name: format!(
+                "tenants/{tenant}/entities/{}/{}/{name}",
+                key.kind, key.namespace
+            ),
+            uid: row.try_get("uid")?,
+            ref_key,
+        };
+        changes::record(tx, tenant, &[change]).await?;
+        Ok(true)
     }
 
     fn entity_from_row(row: &AnyRow) -> Result<pb::Entity, Error> {
@@ -646,6 +756,36 @@ impl CatalogStore {
                 })
             })
             .collect::<Result<_, Error>>()
+    }
+
+    /// The references among `refs` whose entities exist and match `filter`.
+    async fn refs_matching(
+        &self,
+        tenant: &str,
+        filter: &EntityFilter,
+        refs: BTreeSet<String>,
+    ) -> Result<BTreeSet<String>, Error> {
+        let refs: Vec<String> = refs.into_iter().collect();
+        let mut out = BTreeSet::new();
+        for chunk in refs.chunks(200) {
+            let first = filter.params.len() + 2;
+            let placeholders: Vec<String> = (0..chunk.len())
+                .map(|i| format!("${}", first + i))
+                .collect();
+            let sql = format!(
+                "SELECT e.ref FROM catalog_entities e{} AND e.ref IN ({})",
+                filter.where_sql(),
+                placeholders.join(", ")
+            );
+            let mut query = bind_all(sqlx::query(&sql).bind(tenant), &filter.params);
+            for r in chunk {
+                query = query.bind(r.as_str());
+            }
+            for row in query.fetch_all(self.store.pool()).await? {
+                out.insert(row.try_get::<String, _>("ref")?);
+            }
+        }
+        Ok(out)
     }
 
     /// The stored entities among `refs` (canonical lowercase references), by reference.
@@ -811,30 +951,140 @@ impl EntityFilter {
                 let p = self.param(term.value.clone());
                 self.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_tags t WHERE t.tenant = e.tenant AND t.ref = e.ref AND t.tag = {p})"));
             }
-            _ if field.starts_with("labels.") => {
-                let key = field.trim_start_matches("labels.").to_owned();
-                let k = self.param(key);
+            "api_version" => self.compare("e.api_version", term.op, &term.value, false)?,
+            "domain" | "parent" => {
+                // System.domain derives partOf a Domain; Group.parent derives childOf a Group.
+                let (default_kind, relation) = if field == "domain" {
+                    ("domain", pb::RelationType::PartOf)
+                } else {
+                    ("group", pb::RelationType::ChildOf)
+                };
+                let target = normalized_ref(&term.value, default_kind, "default");
+                self.relation_exists(term, relation, target)?;
+            }
+            _ if field.starts_with("relations.") => {
+                let name = &field["relations.".len()..];
+                let relation = model::relation_type_from_name(name).ok_or_else(|| {
+                    Error::invalid_argument(
+                        "filter",
+                        format!(
+                            "`{}` is not a relation type (e.g. relations.dependsOn, relations.ownedBy)",
+                            names::printable(name)
+                        ),
+                    )
+                })?;
+                let target = model::parse_entity_ref(&term.value, None, "default")
+                    .map(|r| EntityKey::from_ref(&r).ref_key())
+                    .unwrap_or_default();
+                self.relation_exists(term, relation, target)?;
+            }
+            "unresolved" => {
+                let wanted = match (term.op, term.value.as_str()) {
+                    (Op::Eq, "true") | (Op::Ne, "false") => true,
+                    (Op::Eq, "false") | (Op::Ne, "true") => false,
+                    _ => {
+                        return Err(Error::invalid_argument(
+                            "filter",
+                            "`unresolved` is a boolean: `unresolved = true` or `unresolved = false`",
+                        ));
+                    }
+                };
+                let exists = "EXISTS (SELECT 1 FROM catalog_relations r WHERE r.tenant = e.tenant AND r.source_ref = e.ref \
+                     AND NOT EXISTS (SELECT 1 FROM catalog_entities t WHERE t.tenant = r.tenant AND t.ref = r.target_ref))";
+                self.clauses.push(if wanted {
+                    exists.to_owned()
+                } else {
+                    format!("NOT {exists}")
+                });
+            }
+            "create_time" | "update_time" => {
+                let op = match term.op {
+                    Op::Lt => "<",
+                    Op::Le => "<=",
+                    Op::Gt => ">",
+                    Op::Ge => ">=",
+                    _ => {
+                        return Err(Error::invalid_argument(
+                            "filter",
+                            format!("`{field}` supports <, <=, > and >="),
+                        ));
+                    }
+                };
+                let ts: prost_types::Timestamp = term.value.parse().map_err(|_| {
+                    Error::invalid_argument(
+                        "filter",
+                        format!("`{field}` takes an RFC 3339 time in quotes"),
+                    )
+                })?;
+                let micros = ts
+                    .seconds
+                    .saturating_mul(1_000_000)
+                    .saturating_add(i64::from(ts.nanos) / 1000);
+                // A parsed integer, so it is safe to inline (EntityFilter binds only text).
+                self.clauses.push(format!("e.{field}_us {op} {micros}"));
+            }
+            _ if field.starts_with("labels.") || field.starts_with("annotations.") => {
+                let (table, key) = match field.split_once('.') {
+                    Some(("labels", key)) => ("catalog_labels", key),
+                    Some((_, key)) => ("catalog_annotations", key),
+                    None => unreachable_field(field)?,
+                };
+                let k = self.param(key.to_owned());
                 match (term.op, term.value.as_str()) {
-                    (Op::Has, "*") => self.clauses.push(format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k})")),
+                    (Op::Has, "*") => self.clauses.push(format!("EXISTS (SELECT 1 FROM {table} l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k})")),
                     (Op::Eq | Op::Ne, value) => {
                         let v = self.param(value.to_owned());
-                        let exists = format!("EXISTS (SELECT 1 FROM catalog_labels l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k} AND l.value = {v})");
+                        let exists = format!("EXISTS (SELECT 1 FROM {table} l WHERE l.tenant = e.tenant AND l.ref = e.ref AND l.key = {k} AND l.value = {v})");
                         self.clauses.push(if term.op == Op::Ne { format!("NOT {exists}") } else { exists });
                     }
-                    _ => return Err(Error::invalid_argument("filter", "labels.<key> supports =, != and :*")),
+                    _ => return Err(Error::invalid_argument("filter", "labels.<key> and annotations.<key> support =, != and :*")),
                 }
             }
             other => {
                 return Err(Error::invalid_argument(
                     "filter",
                     format!(
-                        "`{}` cannot be filtered on yet (supported: kind, namespace, name, title, type, lifecycle, owner, system, tags, labels.<key>)",
+                        "`{}` cannot be filtered on (fields: kind, namespace, api_version, name, title, type, lifecycle, owner, system, domain, parent, tags, labels.<key>, annotations.<key>, relations.<type>, unresolved, create_time, update_time)",
                         names::printable(other)
                     ),
                 ));
             }
         }
 
+        Ok(())
+    }
+
+    /// `field = "ref"` / `field:"ref"`: the entity has a `relation` to `target`.
+    fn relation_exists(
+        &mut self,
+        term: &filter::Term,
+        relation: pb::RelationType,
+        target: String,
+    ) -> Result<(), Error> {
+        if target.is_empty() {
+            return Err(Error::invalid_argument(
+                "filter",
+                format!(
+                    "`{}` is not an entity reference (`kind:[namespace/]name`)",
+                    names::printable(&term.value)
+                ),
+            ));
+        }
+        let t = self.param(target);
+        let exists = format!(
+            "EXISTS (SELECT 1 FROM catalog_relations r WHERE r.tenant = e.tenant AND r.source_ref = e.ref AND r.type = {} AND r.target_ref = {t})",
+            relation as i32
+        );
+        match term.op {
+            Op::Eq | Op::Has => self.clauses.push(exists),
+            Op::Ne => self.clauses.push(format!("NOT {exists}")),
+            _ => {
+                return Err(Error::invalid_argument(
+                    "filter",
+                    format!("`{}` supports =, != and :", names::printable(&term.field)),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -868,6 +1118,121 @@ impl EntityFilter {
         }
         sql
     }
+}
+
+/// One sort key of ListEntities: a column and its direction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OrderKey {
+    column: &'static str,
+    desc: bool,
+    integer: bool,
+}
+
+/// Parses `order_by` (AIP-132); the full key (kind, namespace, name) is appended to break ties.
+fn parse_order_by(text: &str) -> Result<Vec<OrderKey>, Error> {
+    let mut keys: Vec<OrderKey> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut words = part.split_whitespace();
+        let field = words.next().unwrap_or_default();
+        let desc = match (words.next(), words.next()) {
+            (None, _) => false,
+            (Some(d), None) if d.eq_ignore_ascii_case("desc") => true,
+            (Some(a), None) if a.eq_ignore_ascii_case("asc") => false,
+            _ => {
+                return Err(Error::invalid_argument(
+                    "order_by",
+                    format!(
+                        "`{}` is not `field` or `field desc`",
+                        names::printable(part)
+                    ),
+                ));
+            }
+        };
+        let (column, integer) = match field {
+            "kind" => ("kind", false),
+            "namespace" => ("namespace", false),
+            "name" | "metadata.name" => ("name_key", false),
+            "title" | "metadata.title" => ("title", false),
+            "type" | "spec.type" => ("spec_type", false),
+            "lifecycle" | "spec.lifecycle" => ("lifecycle", false),
+            "owner" => ("owner_ref", false),
+            "system" => ("system_ref", false),
+            "create_time" => ("create_time_us", true),
+            "update_time" => ("update_time_us", true),
+            other => {
+                return Err(Error::invalid_argument(
+                    "order_by",
+                    format!(
+                        "cannot sort by `{}` (fields: kind, namespace, name, title, type, lifecycle, owner, system, create_time, update_time)",
+                        names::printable(other)
+                    ),
+                ));
+            }
+        };
+        if keys.iter().any(|k| k.column == column) {
+            return Err(Error::invalid_argument(
+                "order_by",
+                format!("`{field}` appears twice"),
+            ));
+        }
+        keys.push(OrderKey {
+            column,
+            desc,
+            integer,
+        });
+    }
+    for column in ["kind", "namespace", "name_key"] {
+        if !keys.iter().any(|k| k.column == column) {
+            keys.push(OrderKey {
+                column,
+                desc: false,
+                integer: false,
+            });
+        }
+    }
+    Ok(keys)
+}
+
+/// The keyset condition "after this row" for a sort of mixed directions:
+/// `(k1 > v1) OR (k1 = v1 AND k2 > v2) OR …`, with `<` for descending keys. Parameters are
+/// numbered from `first`, one per key.
+fn keyset_after(order: &[OrderKey], first: usize, values: &[String]) -> Result<String, Error> {
+    if values.len() != order.len() {
+        return Err(Error::invalid_argument(
+            "page_token",
+            "not a page token of this query",
+        ));
+    }
+    // One direction throughout: a row-value comparison, which both engines match to an index.
+    if order.iter().all(|k| k.desc == order[0].desc) {
+        let columns: Vec<String> = order.iter().map(|k| format!("e.{}", k.column)).collect();
+        let params: Vec<String> = (0..order.len())
+            .map(|i| format!("${}", first + i))
+            .collect();
+        let op = if order[0].desc { "<" } else { ">" };
+        return Ok(format!(
+            "(({}) {op} ({}))",
+            columns.join(", "),
+            params.join(", ")
+        ));
+    }
+    let mut alternatives = Vec::new();
+    for i in 0..order.len() {
+        let mut parts: Vec<String> = (0..i)
+            .map(|j| format!("e.{} = ${}", order[j].column, first + j))
+            .collect();
+        let op = if order[i].desc { "<" } else { ">" };
+        parts.push(format!("e.{} {op} ${}", order[i].column, first + i));
+        alternatives.push(format!("({})", parts.join(" AND ")));
+    }
+    Ok(format!("({})", alternatives.join(" OR ")))
+}
+
+fn unreachable_field<T>(field: &str) -> Result<T, Error> {
+    Err(Error::invalid_argument(
+        "filter",
+        format!("`{}` cannot be filtered on", names::printable(field)),
+    ))
 }
 
 fn bind_all<'q>(
@@ -913,15 +1278,22 @@ fn unresolved_summary(ref_key: &str) -> pb::EntitySummary {
 pub struct CatalogService {
     store: CatalogStore,
     audit: AuditLog,
+    /// What open WatchEntities streams re-check (token expiry and revocation, the permission).
+    watch_access: Option<crate::audit::WatchAccess>,
     /// Entities changed by imports since the planner statistics were last refreshed.
     changes_since_analyze: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl CatalogService {
-    pub fn new(store: Store, audit: AuditLog) -> Self {
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        watch_access: Option<crate::audit::WatchAccess>,
+    ) -> Self {
         CatalogService {
             store: CatalogStore { store },
             audit,
+            watch_access,
             changes_since_analyze: Default::default(),
         }
     }
@@ -932,16 +1304,27 @@ impl CatalogService {
 
     /// Normalizes and validates a proto entity for Create/Update (the same rules as imports);
     /// warnings are kept in its status.
-    fn validate(entity: &mut pb::Entity) -> Result<(), Error> {
+    fn validate(entity: &mut pb::Entity, reject_unknown_kinds: bool) -> Result<(), Error> {
         let mut warnings = model::normalize_entity(entity);
         let checked = model::check_entity(entity);
-        let violations: Vec<FieldViolation> = checked
+        let mut violations: Vec<FieldViolation> = checked
             .errors
             .iter()
             .map(|issue| {
                 FieldViolation::new(format!("entity.{}", issue.field), issue.message.clone())
             })
             .collect();
+        if reject_unknown_kinds
+            && checked
+                .warnings
+                .iter()
+                .any(|w| w.reason == model::reason::UNKNOWN_KIND)
+        {
+            violations.push(FieldViolation::new(
+                "entity.kind",
+                "kinds outside the core model are rejected by this tenant's catalog settings",
+            ));
+        }
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
@@ -964,7 +1347,8 @@ impl CatalogService {
         let mut entity = req
             .entity
             .ok_or_else(|| Error::invalid_argument("entity", "required"))?;
-        Self::validate(&mut entity)?;
+        let strict = settings::rejects_unknown_kinds(&self.store.store, &tenant).await?;
+        Self::validate(&mut entity, strict)?;
         let key = EntityKey::of(&entity);
         if !req.entity_id.is_empty()
             && req.entity_id.to_lowercase()
@@ -987,6 +1371,7 @@ impl CatalogService {
             self.store
                 .entity_put(&mut tx, &tenant, &mut entity, "", true, "")
                 .await?;
+            ownership::iam_groups_sync(&mut tx, &tenant).await?;
             idempotency::remember(&mut tx, ctx, &req.request_id, &entity).await?;
             Ok(())
         }
@@ -1050,15 +1435,7 @@ impl CatalogService {
         req: &pb::ListEntitiesRequest,
     ) -> Result<pb::ListEntitiesResponse, Error> {
         let tenant = parse_tenant_name("parent", &req.parent)?;
-        if !matches!(
-            req.order_by.replace(' ', "").as_str(),
-            "" | "kind,namespace,name"
-        ) {
-            return Err(Error::invalid_argument(
-                "order_by",
-                "only the default order `kind, namespace, name` is supported yet",
-            ));
-        }
+        let order = parse_order_by(&req.order_by)?;
         let page_size = pagination::page_size(req.page_size)?;
         let filter = EntityFilter::parse(&req.filter, &req.query)?;
         let fingerprint = pagination::query_fingerprint(&[
@@ -1077,32 +1454,53 @@ impl CatalogService {
             .bind(&tenant),
             &filter.params,
         )
-        .fetch_one(self.pool())
+        .fetch_all(self.pool())
         .await?
-        .try_get("n")?;
-        let mut sql = format!("SELECT e.body, e.ref FROM catalog_entities e{where_sql}");
-        let mut after_parts: Vec<String> = Vec::new();
+        .first()
+        .map(|row| row.try_get("n"))
+        .transpose()?
+        .unwrap_or(0);
+        let key_columns: Vec<String> = order
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("e.{} AS o{i}", k.column))
+            .collect();
+        let mut sql = format!(
+            "SELECT e.body, e.ref, {} FROM catalog_entities e{where_sql}",
+            key_columns.join(", ")
+        );
+        let mut after_values: Vec<String> = Vec::new();
         if let Some(after) = &after {
-            after_parts = after.split('\u{0}').map(str::to_owned).collect();
-            if after_parts.len() != 3 {
-                return Err(Error::invalid_argument(
-                    "page_token",
-                    "not a page token of this query",
-                ));
-            }
-            let n = filter.params.len() + 2;
+            after_values = serde_json::from_str(after)
+                .ok()
+                .filter(|v: &Vec<String>| v.len() == order.len())
+                .ok_or_else(|| {
+                    Error::invalid_argument("page_token", "not a page token of this query")
+                })?;
+            let first = filter.params.len() + 2;
             sql.push_str(&format!(
-                " AND (e.kind > ${n} OR (e.kind = ${n} AND (e.namespace > ${} OR (e.namespace = ${} AND e.name_key > ${}))))",
-                n + 1, n + 1, n + 2
+                " AND {}",
+                keyset_after(&order, first, &after_values)?
             ));
         }
+        let order_sql: Vec<String> = order
+            .iter()
+            .map(|k| format!("e.{} {}", k.column, if k.desc { "DESC" } else { "ASC" }))
+            .collect();
         sql.push_str(&format!(
-            " ORDER BY e.kind, e.namespace, e.name_key LIMIT {}",
+            " ORDER BY {} LIMIT {}",
+            order_sql.join(", "),
             page_size + 1
         ));
         let mut query = bind_all(sqlx::query(&sql).bind(&tenant), &filter.params);
-        for part in &after_parts {
-            query = query.bind(part.as_str());
+        for (k, value) in order.iter().zip(&after_values) {
+            query = if k.integer {
+                query.bind(value.parse::<i64>().map_err(|_| {
+                    Error::invalid_argument("page_token", "not a page token of this query")
+                })?)
+            } else {
+                query.bind(value.as_str())
+            };
         }
         let rows = query.fetch_all(self.pool()).await?;
         let more = rows.len() as i64 > page_size;
@@ -1116,13 +1514,23 @@ impl CatalogService {
             }
             entities.push(entity);
         }
-        let next_page_token = match (more, entities.last()) {
+        let next_page_token = match (more, rows.get(entities.len().wrapping_sub(1))) {
             (true, Some(last)) => {
-                let k = EntityKey::of(last);
-                pagination::encode_token(
-                    fingerprint,
-                    &format!("{}\u{0}{}\u{0}{}", k.kind, k.namespace, k.name),
-                )
+                let values = order
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let column = format!("o{i}");
+                        Ok(if k.integer {
+                            last.try_get::<i64, _>(column.as_str())?.to_string()
+                        } else {
+                            last.try_get::<String, _>(column.as_str())?
+                        })
+                    })
+                    .collect::<Result<Vec<String>, Error>>()?;
+                let json = serde_json::to_string(&values)
+                    .map_err(|e| Error::internal(format!("page token: {e}")))?;
+                pagination::encode_token(fingerprint, &json)
             }
             _ => String::new(),
         };
@@ -1168,9 +1576,11 @@ impl CatalogService {
             if EntityKey::of(&updated) != key {
                 return Err(Error::invalid_argument("entity", "kind, metadata.namespace and metadata.name are immutable"));
             }
-            Self::validate(&mut updated)?;
+            let strict = settings::settings_get(&mut *tx, &tenant).await?.reject_unknown_kinds;
+            Self::validate(&mut updated, strict)?;
             updated.source = None;
             self.store.entity_put(&mut tx, &tenant, &mut updated, "", false, &given.etag).await?;
+            ownership::iam_groups_sync(&mut tx, &tenant).await?;
             idempotency::remember(&mut tx, ctx, &req.request_id, &updated).await?;
             Ok(updated)
         }
@@ -1221,6 +1631,7 @@ impl CatalogService {
             }
             if !req.validate_only {
                 self.store.entity_delete(&mut tx, &tenant, &key).await?;
+                ownership::iam_groups_sync(&mut tx, &tenant).await?;
             }
             Ok(())
         }
@@ -1375,6 +1786,7 @@ impl CatalogService {
         }
         let result = async {
             crate::iam::tenant_require(&mut tx, &tenant).await?;
+            let strict = settings::settings_get(&mut *tx, &tenant).await?.reject_unknown_kinds;
             let mut response = pb::ImportEntitiesResponse::default();
             // Pass 1: convert every document; collect the entities to write.
             let mut seen: HashSet<EntityKey> = HashSet::new();
@@ -1405,7 +1817,23 @@ impl CatalogService {
                             .into_iter()
                             .map(|w| issue(&w.field, &w.reason, w.message, w.line as i32))
                             .collect();
-                        if !seen.insert(key.clone()) {
+                        if strict
+                            && let Some(w) = result
+                                .warnings
+                                .iter()
+                                .find(|w| w.reason == model::reason::UNKNOWN_KIND)
+                        {
+                            let e = issue(
+                                "kind",
+                                model::reason::UNKNOWN_KIND,
+                                "kinds outside the core model are rejected by this tenant's catalog settings".into(),
+                                w.line,
+                            );
+                            result.errors.push(e);
+                        }
+                        if !result.errors.is_empty() {
+                            result.action = pb::ImportAction::Failed as i32;
+                        } else if !seen.insert(key.clone()) {
                             result.action = pb::ImportAction::Failed as i32;
                             result.errors.push(issue(
                                 "metadata.name",
@@ -1553,6 +1981,7 @@ impl CatalogService {
                 }
                 response.warning_count += r.warnings.len() as i32;
             }
+            ownership::iam_groups_sync(&mut tx, &tenant).await?;
             idempotency::remember(&mut tx, ctx, &req.request_id, &response).await?;
             Ok(response)
         }
@@ -1693,12 +2122,21 @@ impl CatalogService {
             n @ 1..=10_000 => n as usize,
             _ => return Err(Error::invalid_argument("max_nodes", "between 1 and 10000")),
         };
-        if !req.node_filter.is_empty() {
-            return Err(Error::invalid_argument(
-                "node_filter",
-                "node filters are not supported yet",
-            ));
-        }
+        let node_filter = if req.node_filter.trim().is_empty() {
+            None
+        } else {
+            Some(EntityFilter::parse(&req.node_filter, "").map_err(|err| {
+                match err {
+                    Error::InvalidArgument(violations) => Error::InvalidArgument(
+                        violations
+                            .into_iter()
+                            .map(|v| FieldViolation::new("node_filter", v.description))
+                            .collect(),
+                    ),
+                    other => other,
+                }
+            })?)
+        };
         // The relation rows to follow: forwards for DOWNSTREAM; the inverse rows (X has T to E is
         // stored as E has inverse(T) to X) for UPSTREAM.
         let mut follow: BTreeSet<i32> = BTreeSet::new();
@@ -1772,6 +2210,11 @@ impl CatalogService {
                     }
                 }
             }
+            // Nodes outside the node filter are neither included nor expanded (a dangling
+            // reference has no fields to match, so a filter leaves it out).
+            if let Some(filter) = &node_filter {
+                next = self.store.refs_matching(&tenant, filter, next).await?;
+            }
             let mut level: Vec<String> = Vec::new();
             for r in next {
                 if order.len() >= max_nodes {
@@ -1820,6 +2263,10 @@ impl CatalogService {
         })
     }
 }
+
+type WatchEntitiesStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<pb::WatchEntitiesResponse, tonic::Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl pb::catalog_service_server::CatalogService for CatalogService {
@@ -1877,34 +2324,45 @@ impl pb::catalog_service_server::CatalogService for CatalogService {
     ) -> RpcResult<pb::ListEntityRelationsResponse> {
         respond(self.relations_list(request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn search_entities(
         &self,
-        _: Request<pb::SearchEntitiesRequest>,
+        request: Request<pb::SearchEntitiesRequest>,
     ) -> RpcResult<pb::SearchEntitiesResponse> {
-        Err(Error::unimplemented(
-            "CatalogService.SearchEntities is not implemented yet; use ListEntities with `query`",
-        )
-        .into())
+        respond(self.entities_search(request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn get_entity_facets(
         &self,
-        _: Request<pb::GetEntityFacetsRequest>,
+        request: Request<pb::GetEntityFacetsRequest>,
     ) -> RpcResult<pb::GetEntityFacetsResponse> {
-        Err(Error::unimplemented("CatalogService.GetEntityFacets is not implemented yet").into())
+        respond(self.entity_facets_get(request.get_ref()).await)
     }
+    #[instrument(skip_all)]
+    async fn watch_entities(
+        &self,
+        request: Request<pb::WatchEntitiesRequest>,
+    ) -> RpcResult<WatchEntitiesStream> {
+        let ctx = CallContext::of(&request).ok();
+        let stream = self.entities_watch(ctx, request.into_inner()).await;
+        respond(stream.map(|s| Box::pin(s) as WatchEntitiesStream))
+    }
+    #[instrument(skip_all)]
     async fn get_catalog_settings(
         &self,
-        _: Request<pb::GetCatalogSettingsRequest>,
+        request: Request<pb::GetCatalogSettingsRequest>,
     ) -> RpcResult<pb::CatalogSettings> {
-        Err(Error::unimplemented("CatalogService.GetCatalogSettings is not implemented yet").into())
+        respond(self.catalog_settings_get(request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn update_catalog_settings(
         &self,
-        _: Request<pb::UpdateCatalogSettingsRequest>,
+        request: Request<pb::UpdateCatalogSettingsRequest>,
     ) -> RpcResult<pb::CatalogSettings> {
-        Err(
-            Error::unimplemented("CatalogService.UpdateCatalogSettings is not implemented yet")
-                .into(),
+        let ctx = CallContext::of(&request)?;
+        respond(
+            self.catalog_settings_update(&ctx, request.into_inner())
+                .await,
         )
     }
     #[instrument(skip_all)]

@@ -72,6 +72,16 @@ pub struct ServeArgs {
     /// Clock leeway in seconds for `exp` and `nbf` [default: 30].
     #[arg(long, env = "PLATFORM_JWT_LEEWAY_SECS")]
     pub jwt_leeway_secs: Option<u64>,
+    /// Deployment and environment steps run at once by this process [default: 4].
+    #[arg(long, env = "PLATFORM_DEPLOY_WORKERS")]
+    pub deploy_workers: Option<usize>,
+    /// Seconds a worker's claim on a deployment lasts without renewal; after a crash, another
+    /// worker takes the deployment over once it expires [default: 30].
+    #[arg(long, env = "PLATFORM_DEPLOY_LEASE_SECS")]
+    pub deploy_lease_secs: Option<u64>,
+    /// Attempts a deployment gets before interrupted runs make it FAILED [default: 3].
+    #[arg(long, env = "PLATFORM_DEPLOY_MAX_ATTEMPTS")]
+    pub deploy_max_attempts: Option<u32>,
 }
 
 /// The same settings as [`ServeArgs`], as read from the TOML file.
@@ -94,6 +104,9 @@ struct FileConfig {
     jwt_algorithms: Option<Vec<String>>,
     jwt_audience: Option<String>,
     jwt_leeway_secs: Option<u64>,
+    deploy_workers: Option<usize>,
+    deploy_lease_secs: Option<u64>,
+    deploy_max_attempts: Option<u32>,
 }
 
 /// How log lines are written.
@@ -123,6 +136,43 @@ pub struct Config {
     /// How often an open audit Watch re-checks its caller's token and permission (60 s; tests
     /// shorten it).
     pub watch_recheck: Duration,
+    pub engine: EngineConfig,
+}
+
+/// The deployment engine's settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Steps run at once by this process (0: this replica runs none, only serves the API).
+    pub workers: usize,
+    /// How long a claim lasts without renewal (renewed every third of it).
+    pub lease: Duration,
+    /// Attempts before interrupted runs fail a deployment.
+    pub max_attempts: u32,
+    /// How often idle workers look for work other replicas queued (local work wakes them at once).
+    pub poll: Duration,
+    /// Longest stored log line; longer ones are cut and flagged.
+    pub max_line_bytes: usize,
+    /// Most lines stored per deployment or environment; later ones are dropped with a note.
+    pub max_log_lines: i64,
+    /// How often the preview-environment reaper looks for expired environments.
+    pub reaper_interval: Duration,
+    /// The longest time-to-live a preview environment may be given.
+    pub max_ttl: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            workers: 4,
+            lease: Duration::from_secs(30),
+            max_attempts: 3,
+            poll: Duration::from_secs(1),
+            max_line_bytes: 16 * 1024,
+            max_log_lines: 100_000,
+            reaper_interval: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 /// A database URL whose engine is known. Its `Debug` hides any password.
@@ -353,7 +403,31 @@ impl ServeArgs {
         }
         auth.jwks_path = self.jwks_file.or(file.jwks_file);
 
+        let mut engine = EngineConfig::default();
+        if let Some(workers) = self.deploy_workers.or(file.deploy_workers) {
+            if workers > 256 {
+                return Err(ConfigError::new("deploy-workers", "at most 256"));
+            }
+            engine.workers = workers;
+        }
+        if let Some(lease) = self.deploy_lease_secs.or(file.deploy_lease_secs) {
+            if !(1..=3600).contains(&lease) {
+                return Err(ConfigError::new(
+                    "deploy-lease-secs",
+                    "between 1 and 3600 seconds",
+                ));
+            }
+            engine.lease = Duration::from_secs(lease);
+        }
+        if let Some(attempts) = self.deploy_max_attempts.or(file.deploy_max_attempts) {
+            if !(1..=100).contains(&attempts) {
+                return Err(ConfigError::new("deploy-max-attempts", "between 1 and 100"));
+            }
+            engine.max_attempts = attempts;
+        }
+
         Ok(Config {
+            engine,
             watch_recheck: Duration::from_secs(60),
             auth,
             listen,

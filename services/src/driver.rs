@@ -200,6 +200,9 @@ pub struct StepRequest {
     pub kind: StepKind,
     pub environment: String,
     pub command: CommandStep,
+    /// Told the process id (= process group id) once the program has started, so the caller
+    /// can record it: after a crash of platformd, the worker taking over stops what is left.
+    pub started: Option<mpsc::UnboundedSender<u32>>,
 }
 
 /// Runs steps. `log` receives the output as it is produced (in order per stream); `cancel`
@@ -284,6 +287,7 @@ async fn run_command(
         kind,
         environment,
         command: step,
+        started: started_tx,
     } = request;
     let renderer = Arc::new(Renderer::new(&step.secrets, step.max_line_bytes));
     let reporter = Reporter::new(log.clone(), Arc::clone(&renderer));
@@ -310,7 +314,15 @@ async fn run_command(
         },
     };
 
-    let outcome = supervise(&step, &workdir, &log, &reporter, &mut cancel).await;
+    let outcome = supervise(
+        &step,
+        &workdir,
+        &log,
+        &reporter,
+        &mut cancel,
+        started_tx.as_ref(),
+    )
+    .await;
     tracing::info!(
         step = %kind,
         environment = %environment,
@@ -358,6 +370,7 @@ async fn supervise(
     log: &mpsc::Sender<LogLine>,
     reporter: &Reporter,
     cancel: &mut watch::Receiver<bool>,
+    started_tx: Option<&mpsc::UnboundedSender<u32>>,
 ) -> StepOutcome {
     let mut command = Command::new(&step.program);
     command
@@ -381,6 +394,9 @@ async fn supervise(
     // The group id is the leader's pid. Never 1 or less: `kill(-1)` would signal every process
     // we may signal, and 0 our own group.
     let pid = child.id();
+    if let (Some(tx), Some(pid)) = (started_tx, pid) {
+        let _ = tx.send(pid);
+    }
     let group = pid
         .and_then(|id| i32::try_from(id).ok())
         .filter(|&id| id > 1)
@@ -850,6 +866,7 @@ mod tests {
             kind: StepKind::Deploy,
             environment: "test-env".to_owned(),
             command,
+            started: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod deployments;
 pub mod contract;
 pub mod driver;
 pub mod error;

@@ -166,6 +166,24 @@ impl App {
             audit.clone(),
             Some(watch_access.clone()),
         );
+        // The deployment engine: workers claim queued work from the database (see
+        // deployments::engine); `work` wakes them when this process queues something.
+        let work = Arc::new(tokio::sync::Notify::new());
+        let engine = Arc::new(crate::deployments::engine::Engine::new(
+            store.clone(),
+            audit.clone(),
+            config.engine.clone(),
+            work.clone(),
+        ));
+        engine.start();
+        let deployments = crate::deployments::DeploymentService::new(
+            store.clone(),
+            audit.clone(),
+            gate.clone(),
+            engine,
+            work.clone(),
+            Some(watch_access.clone()),
+        );
         let audit_service = AuditService::new(store.clone(), audit, Some(watch_access));
         routes = routes
             .add_service(
@@ -173,6 +191,10 @@ impl App {
                 // per service, so it is set to the largest any catalog method may receive.
                 platform_api::platform::catalog::v1::catalog_service_server::CatalogServiceServer::new(catalog)
                     .max_decoding_message_size(config.max_message_bytes.max(crate::limits::BULK_MESSAGE_BYTES)),
+            )
+            .add_service(
+                platform_api::platform::deployments::v1::deployment_service_server::DeploymentServiceServer::new(deployments)
+                    .max_decoding_message_size(config.max_message_bytes),
             )
             .add_service(
                 platform_api::platform::iam::v1::iam_service_server::IamServiceServer::new(iam)

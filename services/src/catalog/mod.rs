@@ -127,7 +127,7 @@ impl EntityKey {
         }
     }
 
-    fn from_ref(r: &EntityRef) -> EntityKey {
+    pub fn from_ref(r: &EntityRef) -> EntityKey {
         EntityKey {
             kind: r.kind.to_lowercase(),
             namespace: r.namespace.to_lowercase(),

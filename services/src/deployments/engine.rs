@@ -272,7 +272,11 @@ struct EnvRow {
     body: epb::Environment,
 }
 
-async fn environment_load<'e, E>(executor: E, tenant: &str, id: &str) -> Result<Option<EnvRow>, Error>
+async fn environment_load<'e, E>(
+    executor: E,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<EnvRow>, Error>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
@@ -321,8 +325,15 @@ async fn environment_save(tx: &mut WriteTx, env: &mut EnvRow, op_state: i64) -> 
 
 /// What one claim gave a worker.
 enum Claimed {
-    Deployment { tenant: String, id: String },
-    Environment { tenant: String, id: String, op_type: i64 },
+    Deployment {
+        tenant: String,
+        id: String,
+    },
+    Environment {
+        tenant: String,
+        id: String,
+        op_type: i64,
+    },
 }
 
 impl Engine {
@@ -333,7 +344,11 @@ impl Engine {
             audit,
             config,
             work,
-            instance: format!("{host}:{}/{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            instance: format!(
+                "{host}:{}/{}",
+                std::process::id(),
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
             running: Mutex::new(HashMap::new()),
         }
     }
@@ -381,16 +396,20 @@ impl Engine {
             .map(|env| env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes()))
             .unwrap_or(false);
         if ours
-            && let Some(group) = i32::try_from(pid).ok().and_then(rustix::process::Pid::from_raw)
+            && let Some(group) = i32::try_from(pid)
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
         {
             tracing::warn!(pid, %tenant, %id, "stopping a step left running by a worker that died");
             let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         }
-        sqlx::query(&format!("UPDATE {table} SET run_pid = 0 WHERE tenant = $1 AND id = $2"))
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        sqlx::query(&format!(
+            "UPDATE {table} SET run_pid = 0 WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -404,8 +423,13 @@ impl Engine {
                         Claimed::Deployment { tenant, id } => {
                             self.deployment_run(&worker, tenant, id).await
                         }
-                        Claimed::Environment { tenant, id, op_type } => {
-                            self.environment_step_run(&worker, tenant, id, *op_type).await
+                        Claimed::Environment {
+                            tenant,
+                            id,
+                            op_type,
+                        } => {
+                            self.environment_step_run(&worker, tenant, id, *op_type)
+                                .await
                         }
                     };
                     if let Err(err) = result {
@@ -508,8 +532,14 @@ impl Engine {
                 reason: message.to_owned(),
             });
         }
-        deployment_note(&mut tx, tenant, id, 0, format!("{}: {message}", state_name(state)))
-            .await?;
+        deployment_note(
+            &mut tx,
+            tenant,
+            id,
+            0,
+            format!("{}: {message}", state_name(state)),
+        )
+        .await?;
         deployment_save(&mut tx, &mut d, None).await?;
         tx.commit().await?;
         self.audit.notify_committed();
@@ -553,8 +583,15 @@ impl Engine {
         if seen_state == RUNNING {
             // Taking over from a worker that stopped renewing its lease: first stop what it
             // left running on this host, so the step never runs twice at once.
-            self.leftover_stop(&mut tx, "deployments", tenant, id, "PLATFORM_DEPLOYMENT", id)
-                .await?;
+            self.leftover_stop(
+                &mut tx,
+                "deployments",
+                tenant,
+                id,
+                "PLATFORM_DEPLOYMENT",
+                id,
+            )
+            .await?;
             d.body.interrupted_attempt_count += 1;
             if let Some(last) = d.body.attempts.last_mut() {
                 last.interrupted = true;
@@ -618,7 +655,10 @@ impl Engine {
                 copied_from: String::new(),
             });
         }
-        notes.push(format!("attempt {} started on {worker}", d.body.attempt_count));
+        notes.push(format!(
+            "attempt {} started on {worker}",
+            d.body.attempt_count
+        ));
         for note in notes {
             deployment_note(&mut tx, tenant, id, i64::from(d.body.attempt_count), note).await?;
         }
@@ -653,8 +693,14 @@ impl Engine {
                 let facts: BTreeMap<String, String> = [
                     ("PLATFORM_TENANT", tenant.to_owned()),
                     ("PLATFORM_ENVIRONMENT", env.id.clone()),
-                    ("PLATFORM_ENVIRONMENT_NAME", format!("tenants/{tenant}/environments/{}", env.id)),
-                    ("PLATFORM_ENVIRONMENT_TYPE", env_type_name(env.body.r#type).to_owned()),
+                    (
+                        "PLATFORM_ENVIRONMENT_NAME",
+                        format!("tenants/{tenant}/environments/{}", env.id),
+                    ),
+                    (
+                        "PLATFORM_ENVIRONMENT_TYPE",
+                        env_type_name(env.body.r#type).to_owned(),
+                    ),
                     ("PLATFORM_STEP", "deploy".to_owned()),
                     ("PLATFORM_ATTEMPT", attempt.to_string()),
                     ("PLATFORM_DEPLOYMENT", id.to_owned()),
@@ -665,7 +711,11 @@ impl Engine {
                     ("PLATFORM_REASON", d.body.reason.clone()),
                     (
                         "PLATFORM_REQUESTED_BY",
-                        d.body.requested_by.as_ref().map(|a| a.principal.clone()).unwrap_or_default(),
+                        d.body
+                            .requested_by
+                            .as_ref()
+                            .map(|a| a.principal.clone())
+                            .unwrap_or_default(),
                     ),
                     ("PLATFORM_ROLLBACK_OF", d.body.rollback_of.clone()),
                     ("PLATFORM_PROMOTED_FROM", d.body.promoted_from.clone()),
@@ -673,7 +723,12 @@ impl Engine {
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect();
-                match step_of(&env.body, StepKind::Deploy, facts, self.config.max_line_bytes) {
+                match step_of(
+                    &env.body,
+                    StepKind::Deploy,
+                    facts,
+                    self.config.max_line_bytes,
+                ) {
                     None => Some(StepOutcome {
                         exit_code: None,
                         signal: None,
@@ -793,7 +848,8 @@ impl Engine {
         request.started = Some(pid_tx);
         let step = driver.run_step(request, log_tx, cancel_rx);
         tokio::pin!(step);
-        let renew_every = (self.config.lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
+        let renew_every =
+            (self.config.lease / 3).clamp(Duration::from_millis(200), Duration::from_secs(1));
         let mut renew = tokio::time::interval(renew_every);
         let mut flush = tokio::time::interval(LOG_FLUSH);
         let mut pending: Vec<(i64, String, bool)> = Vec::new();
@@ -923,8 +979,15 @@ impl Engine {
                 continue;
             };
             if op_state == OP_RUNNING {
-                self.leftover_stop(&mut tx, "environments", &tenant, &id, "PLATFORM_ENVIRONMENT", &id)
-                    .await?;
+                self.leftover_stop(
+                    &mut tx,
+                    "environments",
+                    &tenant,
+                    &id,
+                    "PLATFORM_ENVIRONMENT",
+                    &id,
+                )
+                .await?;
             }
             let operation = operation_of(&mut env.body, op_type);
             if op_state == OP_RUNNING {
@@ -946,11 +1009,20 @@ impl Engine {
             } else {
                 format!("attempt {attempt} started on {worker}")
             };
-            log_append(&mut tx, &target, &[(dpb::LogStream::System as i64, text, false)], i64::MAX)
-                .await?;
+            log_append(
+                &mut tx,
+                &target,
+                &[(dpb::LogStream::System as i64, text, false)],
+                i64::MAX,
+            )
+            .await?;
             tx.commit().await?;
             self.audit.notify_committed();
-            return Ok(Some(Claimed::Environment { tenant, id, op_type }));
+            return Ok(Some(Claimed::Environment {
+                tenant,
+                id,
+                op_type,
+            }));
         }
         Ok(None)
     }
@@ -974,8 +1046,14 @@ impl Engine {
         let facts: BTreeMap<String, String> = [
             ("PLATFORM_TENANT", tenant.to_owned()),
             ("PLATFORM_ENVIRONMENT", id.to_owned()),
-            ("PLATFORM_ENVIRONMENT_NAME", format!("tenants/{tenant}/environments/{id}")),
-            ("PLATFORM_ENVIRONMENT_TYPE", env_type_name(env.body.r#type).to_owned()),
+            (
+                "PLATFORM_ENVIRONMENT_NAME",
+                format!("tenants/{tenant}/environments/{id}"),
+            ),
+            (
+                "PLATFORM_ENVIRONMENT_TYPE",
+                env_type_name(env.body.r#type).to_owned(),
+            ),
             ("PLATFORM_STEP", kind.to_string()),
             ("PLATFORM_ATTEMPT", attempt.to_string()),
         ]
@@ -1059,7 +1137,11 @@ impl Engine {
                 message: outcome.message.clone(),
             });
         }
-        let step = if op_type == OP_PROVISION { "provision" } else { "teardown" };
+        let step = if op_type == OP_PROVISION {
+            "provision"
+        } else {
+            "teardown"
+        };
         // A provision step cancelled by a forced delete leaves the environment to its teardown.
         if !(outcome.cancelled && op_type == OP_PROVISION) {
             if ok {
@@ -1093,7 +1175,11 @@ impl Engine {
             &target,
             &[(
                 dpb::LogStream::System as i64,
-                format!("{step} {}: {}", if ok { "finished" } else { "failed" }, outcome.message),
+                format!(
+                    "{step} {}: {}",
+                    if ok { "finished" } else { "failed" },
+                    outcome.message
+                ),
                 false,
             )],
             i64::MAX,

@@ -216,7 +216,9 @@ fn validate_new(d: &pb::Deployment, violations: &mut Vec<FieldViolation>) {
     let c = &d.commit_sha;
     if !c.is_empty()
         && (!(7..=64).contains(&c.len())
-            || !c.chars().all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch)))
+            || !c
+                .chars()
+                .all(|ch| ch.is_ascii_digit() || ('a'..='f').contains(&ch)))
     {
         violations.push(FieldViolation::new(
             "deployment.commit_sha",
@@ -352,8 +354,7 @@ impl DeploymentService {
         .bind(d.encode_to_vec())
         .execute(&mut **tx)
         .await?;
-        engine::deployment_note(tx, tenant, &id, 0, format!("QUEUED by {}", ctx.principal))
-            .await?;
+        engine::deployment_note(tx, tenant, &id, 0, format!("QUEUED by {}", ctx.principal)).await?;
         d.log_line_count = 1;
         Ok(d)
     }
@@ -363,12 +364,14 @@ impl DeploymentService {
         if stored.name.is_empty() {
             return Ok(stored);
         }
-        Ok(
-            deployment_load(self.store.pool(), tenant_of(&stored.name), id_of(&stored.name))
-                .await?
-                .map(|d| d.body)
-                .unwrap_or(stored),
+        Ok(deployment_load(
+            self.store.pool(),
+            tenant_of(&stored.name),
+            id_of(&stored.name),
         )
+        .await?
+        .map(|d| d.body)
+        .unwrap_or(stored))
     }
 
     #[instrument(skip_all)]
@@ -392,21 +395,22 @@ impl DeploymentService {
             }
             Err(other) => return Err(other),
         };
-        let env_id = match parse_child_name("deployment.environment", &given.environment, "environments") {
-            Ok((t, id)) if t == tenant => Some(id),
-            Ok(_) => {
-                violations.push(FieldViolation::new(
-                    "deployment.environment",
-                    "must be an environment of the tenant in `parent`",
-                ));
-                None
-            }
-            Err(Error::InvalidArgument(v)) => {
-                violations.extend(v);
-                None
-            }
-            Err(other) => return Err(other),
-        };
+        let env_id =
+            match parse_child_name("deployment.environment", &given.environment, "environments") {
+                Ok((t, id)) if t == tenant => Some(id),
+                Ok(_) => {
+                    violations.push(FieldViolation::new(
+                        "deployment.environment",
+                        "must be an environment of the tenant in `parent`",
+                    ));
+                    None
+                }
+                Err(Error::InvalidArgument(v)) => {
+                    violations.extend(v);
+                    None
+                }
+                Err(other) => return Err(other),
+            };
         let (Some(component), Some(env_id)) = (component, env_id) else {
             return Err(Error::InvalidArgument(violations));
         };
@@ -427,12 +431,13 @@ impl DeploymentService {
                     resource_type: "environment",
                     name: given.environment.clone(),
                 })?;
-            let exists: Option<String> =
-                sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-                    .bind(&tenant)
-                    .bind(&component)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let exists: Option<String> = sqlx::query_scalar(
+                "SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2",
+            )
+            .bind(&tenant)
+            .bind(&component)
+            .fetch_optional(&mut *tx)
+            .await?;
             if exists.is_none() {
                 return Err(Error::NotFound {
                     resource_type: "component",
@@ -499,8 +504,7 @@ impl DeploymentService {
         if let Some(expr) = filter::parse_expr(&req.filter)? {
             clauses.push(deployment_filter_sql(&expr, &tenant, &mut params)?);
         }
-        let fingerprint =
-            pagination::query_fingerprint(&[&tenant, &req.filter, &req.order_by]);
+        let fingerprint = pagination::query_fingerprint(&[&tenant, &req.filter, &req.order_by]);
         let after = pagination::decode_token(fingerprint, &req.page_token)?;
         let mut where_sql = String::from(" WHERE tenant = $1");
         for c in &clauses {
@@ -520,14 +524,22 @@ impl DeploymentService {
             let (t, id) = after
                 .split_once(' ')
                 .and_then(|(t, id)| t.parse::<i64>().ok().map(|t| (t, id.to_owned())))
-                .ok_or_else(|| Error::invalid_argument("page_token", "not a page token of this query"))?;
+                .ok_or_else(|| {
+                    Error::invalid_argument("page_token", "not a page token of this query")
+                })?;
             let n = params.len() + 2;
             let op = if desc { "<" } else { ">" };
-            sql.push_str(&format!(" AND ((create_time_us, id) {op} (${n}, ${}))", n + 1));
+            sql.push_str(&format!(
+                " AND ((create_time_us, id) {op} (${n}, ${}))",
+                n + 1
+            ));
             after_parts = Some((t, id));
         }
         let dir = if desc { "DESC" } else { "ASC" };
-        sql.push_str(&format!(" ORDER BY create_time_us {dir}, id {dir} LIMIT {}", page_size + 1));
+        sql.push_str(&format!(
+            " ORDER BY create_time_us {dir}, id {dir} LIMIT {}",
+            page_size + 1
+        ));
         let mut query = bind_params(sqlx::query(&sql).bind(&tenant), &params);
         if let Some((t, id)) = &after_parts {
             query = query.bind(*t).bind(id.clone());
@@ -586,10 +598,7 @@ impl DeploymentService {
             let state = i64::from(d.body.state);
             if matches!(state, SUCCEEDED | FAILED | CANCELLED) {
                 return Err(Error::FailedPrecondition {
-                    message: format!(
-                        "the deployment is already {}",
-                        engine::state_name(state)
-                    ),
+                    message: format!("the deployment is already {}", engine::state_name(state)),
                 });
             }
             if d.cancel_requested {
@@ -627,7 +636,10 @@ impl DeploymentService {
             Ok(d.body)
         }
         .await;
-        let d = self.audit.finish(ctx, tx, result, &["cancellation"]).await?;
+        let d = self
+            .audit
+            .finish(ctx, tx, result, &["cancellation"])
+            .await?;
         if i64::from(d.state) == RUNNING {
             self.engine.cancel_local(&tenant, &id);
         }
@@ -648,7 +660,10 @@ impl DeploymentService {
         } else {
             let (t, target) = parse_child_name("target", &req.target, "deployments")?;
             if t != tenant {
-                return Err(Error::invalid_argument("target", "must be a deployment of the same tenant"));
+                return Err(Error::invalid_argument(
+                    "target",
+                    "must be a deployment of the same tenant",
+                ));
             }
             Some(target)
         };
@@ -756,13 +771,21 @@ impl DeploymentService {
         let result = async {
             let source = deployment_load(&mut *tx, &tenant, &id)
                 .await?
-                .ok_or_else(|| Error::NotFound { resource_type: "deployment", name: req.name.clone() })?;
+                .ok_or_else(|| Error::NotFound {
+                    resource_type: "deployment",
+                    name: req.name.clone(),
+                })?;
             if i64::from(source.body.state) != SUCCEEDED {
-                return Err(Error::FailedPrecondition { message: "only a SUCCEEDED deployment can be promoted".into() });
+                return Err(Error::FailedPrecondition {
+                    message: "only a SUCCEEDED deployment can be promoted".into(),
+                });
             }
             let from = environment_target(&mut *tx, &tenant, &source.environment_id)
                 .await?
-                .ok_or_else(|| Error::NotFound { resource_type: "environment", name: source.body.environment.clone() })?;
+                .ok_or_else(|| Error::NotFound {
+                    resource_type: "environment",
+                    name: source.body.environment.clone(),
+                })?;
             if from.promotes_to.is_empty() {
                 return Err(Error::FailedPrecondition {
                     message: format!("environment {} has no promotes_to environment", from.name),
@@ -772,10 +795,19 @@ impl DeploymentService {
                 .map_err(|_| Error::internal("stored promotes_to is not an environment name"))?;
             let to = environment_target(&mut *tx, &tenant, &to_id)
                 .await?
-                .ok_or_else(|| Error::NotFound { resource_type: "environment", name: from.promotes_to.clone() })?;
-            if !self.gate.allows(ctx, &to.name, "deployments.deployments.create") {
+                .ok_or_else(|| Error::NotFound {
+                    resource_type: "environment",
+                    name: from.promotes_to.clone(),
+                })?;
+            if !self
+                .gate
+                .allows(ctx, &to.name, "deployments.deployments.create")
+            {
                 return Err(Error::PermissionDenied {
-                    message: format!("{} lacks `deployments.deployments.create` on {}", ctx.principal, to.name),
+                    message: format!(
+                        "{} lacks `deployments.deployments.create` on {}",
+                        ctx.principal, to.name
+                    ),
                 });
             }
             self.check_production(ctx, &to)?;
@@ -785,11 +817,17 @@ impl DeploymentService {
                 version: source.body.version.clone(),
                 commit_sha: source.body.commit_sha.clone(),
                 commit_time: source.body.commit_time,
-                reason: if req.reason.is_empty() { format!("promotion of {}", req.name) } else { req.reason.clone() },
+                reason: if req.reason.is_empty() {
+                    format!("promotion of {}", req.name)
+                } else {
+                    req.reason.clone()
+                },
                 promoted_from: source.body.name.clone(),
                 ..Default::default()
             };
-            let d = self.deployment_insert(&mut tx, ctx, &tenant, d, &to, req.validate_only).await?;
+            let d = self
+                .deployment_insert(&mut tx, ctx, &tenant, d, &to, req.validate_only)
+                .await?;
             idempotency::remember(&mut tx, ctx, &req.request_id, &d).await?;
             Ok(d)
         }
@@ -842,10 +880,16 @@ impl DeploymentService {
         let d = self.deployment_get(&req.name).await?;
         let (tenant, id) = parse_child_name("name", &req.name, "deployments")?;
         if req.after_sequence < 0 {
-            return Err(Error::invalid_argument("after_sequence", "must not be negative"));
+            return Err(Error::invalid_argument(
+                "after_sequence",
+                "must not be negative",
+            ));
         }
         if req.after_sequence > 0 && !req.page_token.is_empty() {
-            return Err(Error::invalid_argument("page_token", "set either after_sequence or page_token"));
+            return Err(Error::invalid_argument(
+                "page_token",
+                "set either after_sequence or page_token",
+            ));
         }
         let limit = match req.page_size {
             n if n < 0 => return Err(Error::invalid_argument("page_size", "must not be negative")),
@@ -854,7 +898,9 @@ impl DeploymentService {
         };
         let fingerprint = pagination::query_fingerprint(&[&req.name]);
         let after = match pagination::decode_token(fingerprint, &req.page_token)? {
-            Some(t) => t.parse().map_err(|_| Error::invalid_argument("page_token", "not a page token of this deployment"))?,
+            Some(t) => t.parse().map_err(|_| {
+                Error::invalid_argument("page_token", "not a page token of this deployment")
+            })?,
             None => req.after_sequence,
         };
         let lines = self.log_page(&tenant, &id, after, limit).await?;
@@ -862,7 +908,11 @@ impl DeploymentService {
         let end = last >= d.body.log_line_count;
         let terminal = matches!(i64::from(d.body.state), SUCCEEDED | FAILED | CANCELLED);
         Ok(pb::GetDeploymentLogResponse {
-            next_page_token: if end { String::new() } else { pagination::encode_token(fingerprint, &last.to_string()) },
+            next_page_token: if end {
+                String::new()
+            } else {
+                pagination::encode_token(fingerprint, &last.to_string())
+            },
             complete: end && terminal,
             lines,
         })
@@ -872,9 +922,15 @@ impl DeploymentService {
         &self,
         ctx: Option<CallContext>,
         req: pb::WatchDeploymentRequest,
-    ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<pb::WatchDeploymentResponse, Status>>, Error> {
+    ) -> Result<
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WatchDeploymentResponse, Status>>,
+        Error,
+    > {
         if req.after_sequence < 0 {
-            return Err(Error::invalid_argument("after_sequence", "must not be negative"));
+            return Err(Error::invalid_argument(
+                "after_sequence",
+                "must not be negative",
+            ));
         }
         let first = self.deployment_get(&req.name).await?;
         let (tenant, id) = parse_child_name("name", &req.name, "deployments")?;
@@ -885,14 +941,22 @@ impl DeploymentService {
             use pb::watch_deployment_response::Event;
             let send = |event: Event| {
                 let out = out.clone();
-                async move { out.send(Ok(pb::WatchDeploymentResponse { event: Some(event) })).await.is_ok() }
+                async move {
+                    out.send(Ok(pb::WatchDeploymentResponse { event: Some(event) }))
+                        .await
+                        .is_ok()
+                }
             };
             let mut etag = first.body.etag.clone();
             if !send(Event::Deployment(first.body)).await {
                 return;
             }
             let mut after = req.after_sequence;
-            let recheck = service.watch_access.as_ref().map(|a| a.recheck).unwrap_or(Duration::MAX);
+            let recheck = service
+                .watch_access
+                .as_ref()
+                .map(|a| a.recheck)
+                .unwrap_or(Duration::MAX);
             let mut last_check = std::time::Instant::now();
             loop {
                 let woken = notify.notified();
@@ -925,7 +989,10 @@ impl DeploymentService {
                         return;
                     }
                 };
-                let terminal = matches!(i64::from(current.body.state), SUCCEEDED | FAILED | CANCELLED);
+                let terminal = matches!(
+                    i64::from(current.body.state),
+                    SUCCEEDED | FAILED | CANCELLED
+                );
                 if current.body.etag != etag {
                     etag = current.body.etag.clone();
                     if !send(Event::Deployment(current.body.clone())).await {
@@ -981,9 +1048,15 @@ fn deployment_filter_sql(
 ) -> Result<String, Error> {
     Ok(match expr {
         filter::Expr::Term(term) => deployment_term_sql(term, tenant, params)?,
-        filter::Expr::Not(inner) => format!("(NOT {})", deployment_filter_sql(inner, tenant, params)?),
+        filter::Expr::Not(inner) => {
+            format!("(NOT {})", deployment_filter_sql(inner, tenant, params)?)
+        }
         filter::Expr::And(parts) | filter::Expr::Or(parts) => {
-            let joiner = if matches!(expr, filter::Expr::And(_)) { " AND " } else { " OR " };
+            let joiner = if matches!(expr, filter::Expr::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
             let sql = parts
                 .iter()
                 .map(|p| deployment_filter_sql(p, tenant, params))
@@ -1002,7 +1075,10 @@ fn deployment_term_sql(
     let eq_op = |op: Op| match op {
         Op::Eq => Ok("="),
         Op::Ne => Ok("<>"),
-        _ => Err(bad(format!("`{}` supports = and !=", names::printable(&term.field)))),
+        _ => Err(bad(format!(
+            "`{}` supports = and !=",
+            names::printable(&term.field)
+        ))),
     };
     let mut text = |column: &str, value: String, op: Op| -> Result<String, Error> {
         let op = eq_op(op)?;
@@ -1011,7 +1087,8 @@ fn deployment_term_sql(
     };
     match term.field.as_str() {
         "component" => {
-            let value = component_ref(&term.value).map_err(|_| bad("`component` takes a Component reference".into()))?;
+            let value = component_ref(&term.value)
+                .map_err(|_| bad("`component` takes a Component reference".into()))?;
             text("component", value, term.op)
         }
         "environment" => {
@@ -1020,9 +1097,15 @@ fn deployment_term_sql(
             text("environment", id, term.op)
         }
         "state" => {
-            let state = pb::DeploymentState::from_str_name(&format!("DEPLOYMENT_STATE_{}", term.value))
-                .filter(|s| *s != pb::DeploymentState::Unspecified)
-                .ok_or_else(|| bad(format!("`{}` is not a deployment state", names::printable(&term.value))))?;
+            let state =
+                pb::DeploymentState::from_str_name(&format!("DEPLOYMENT_STATE_{}", term.value))
+                    .filter(|s| *s != pb::DeploymentState::Unspecified)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "`{}` is not a deployment state",
+                            names::printable(&term.value)
+                        ))
+                    })?;
             let op = eq_op(term.op)?;
             params.push(FilterParam::Int(state as i64));
             Ok(format!("state {op} ${}", params.len() + 1))
@@ -1046,7 +1129,11 @@ fn deployment_term_sql(
                 .value
                 .parse()
                 .map_err(|_| bad(format!("`{field}` takes an RFC 3339 time in quotes")))?;
-            params.push(FilterParam::Int(ts.seconds.saturating_mul(1_000_000).saturating_add(i64::from(ts.nanos) / 1000)));
+            params.push(FilterParam::Int(
+                ts.seconds
+                    .saturating_mul(1_000_000)
+                    .saturating_add(i64::from(ts.nanos) / 1000),
+            ));
             Ok(format!("{field}_us {op} ${}", params.len() + 1))
         }
         other => Err(bad(format!(
@@ -1075,7 +1162,11 @@ impl pb::deployment_service_server::DeploymentService for DeploymentService {
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> RpcResult<pb::Deployment> {
-        respond(self.deployment_get(&request.get_ref().name).await.map(|d| d.body))
+        respond(
+            self.deployment_get(&request.get_ref().name)
+                .await
+                .map(|d| d.body),
+        )
     }
     #[instrument(skip_all)]
     async fn list_deployments(

@@ -32,7 +32,7 @@ use crate::driver::{self, Driver, LogStream, StepKind, StepOutcome};
 use crate::error::Error;
 use crate::store::{Store, WriteTx, now_micros};
 
-use super::{deployment_load, deployment_save};
+use super::{deployment_load, deployment_load_for_update, deployment_save};
 
 /// States, as stored (the proto enums' numbers).
 pub(super) const QUEUED: i64 = dpb::DeploymentState::Queued as i64;
@@ -102,8 +102,10 @@ async fn log_append(
     } else {
         "deployments"
     };
+    // A no-op UPDATE … RETURNING reads the counter under the row lock, so concurrent appenders
+    // (a worker's lines, a cancel's note) queue instead of taking the same numbers.
     let last: i64 = sqlx::query_scalar(&format!(
-        "SELECT log_seq FROM {parent} WHERE tenant = $1 AND id = $2"
+        "UPDATE {parent} SET log_seq = log_seq WHERE tenant = $1 AND id = $2 RETURNING log_seq"
     ))
     .bind(&target.tenant)
     .bind(&target.id)
@@ -455,9 +457,11 @@ impl Engine {
         let candidates = sqlx::query(
             "SELECT d.tenant, d.id, d.state, d.lease_expires_us, d.cancel_requested, e.state AS env_state, e.locked AS env_locked \
              FROM deployments d JOIN environments e ON e.tenant = d.tenant AND e.id = d.environment \
-             WHERE (d.state = $1 AND (d.cancel_requested = 1 OR e.state <> $3 OR NOT EXISTS ( \
+             WHERE (d.state = $1 AND d.cancel_requested = 1) \
+                OR (d.state = $1 AND e.state <> $3 AND e.state <> $5) \
+                OR (d.state = $1 AND e.state = $3 AND e.locked = 0 AND NOT EXISTS ( \
                  SELECT 1 FROM deployments o WHERE o.tenant = d.tenant AND o.environment = d.environment AND o.component = d.component \
-                 AND (o.state = $2 OR (o.state = $1 AND (o.create_time_us < d.create_time_us OR (o.create_time_us = d.create_time_us AND o.id < d.id))))))) \
+                 AND (o.state = $2 OR (o.state = $1 AND (o.create_time_us < d.create_time_us OR (o.create_time_us = d.create_time_us AND o.id < d.id)))))) \
                 OR (d.state = $2 AND d.lease_expires_us < $4) \
              ORDER BY d.create_time_us, d.id LIMIT 50",
         )
@@ -465,6 +469,7 @@ impl Engine {
         .bind(RUNNING)
         .bind(ENV_READY)
         .bind(now)
+        .bind(ENV_PROVISIONING)
         .fetch_all(self.store.pool())
         .await?;
         for row in candidates {
@@ -514,7 +519,7 @@ impl Engine {
         message: &str,
     ) -> Result<(), Error> {
         let mut tx = self.store.write_tx().await?;
-        let Some(mut d) = deployment_load(&mut *tx, tenant, id).await? else {
+        let Some(mut d) = deployment_load_for_update(&mut tx, tenant, id).await? else {
             return Ok(());
         };
         if i64::from(d.body.state) != QUEUED {
@@ -778,7 +783,7 @@ impl Engine {
             return Ok(()); // the lease was lost; whoever holds it now finishes
         };
         let mut tx = self.store.write_tx().await?;
-        let Some(mut d) = deployment_load(&mut *tx, tenant, id).await? else {
+        let Some(mut d) = deployment_load_for_update(&mut tx, tenant, id).await? else {
             return Ok(());
         };
         if d.lease_owner != worker || i64::from(d.body.state) != RUNNING {
@@ -1097,6 +1102,12 @@ impl Engine {
             return Ok(()); // lease lost
         };
         let mut tx = self.store.write_tx().await?;
+        // Row lock first (see deployment_load_for_update), then read.
+        sqlx::query("UPDATE environments SET etag = etag WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let owner: Option<String> = sqlx::query_scalar(
             "SELECT lease_owner FROM environments WHERE tenant = $1 AND id = $2 AND op_type = $3",
         )

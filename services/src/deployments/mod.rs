@@ -64,6 +64,22 @@ where
     row.map(|row| deployment_from_row(&row)).transpose()
 }
 
+/// Reads a deployment to change it, holding its row lock until `tx` ends. SQLite's write
+/// transactions are serial already; on PostgreSQL the no-op UPDATE takes the row lock first, so a
+/// cancel and a worker finishing the same deployment never overwrite each other's body.
+pub(crate) async fn deployment_load_for_update(
+    tx: &mut WriteTx,
+    tenant: &str,
+    id: &str,
+) -> Result<Option<DeploymentRow>, Error> {
+    sqlx::query("UPDATE deployments SET etag = etag WHERE tenant = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    deployment_load(&mut **tx, tenant, id).await
+}
+
 fn deployment_from_row(row: &sqlx::any::AnyRow) -> Result<DeploymentRow, Error> {
     let body: Vec<u8> = row.try_get("body")?;
     let mut body = pb::Deployment::decode(body.as_slice())
@@ -584,7 +600,7 @@ impl DeploymentService {
             return Ok(previous);
         }
         let result = async {
-            let mut d = deployment_load(&mut *tx, &tenant, &id)
+            let mut d = deployment_load_for_update(&mut tx, &tenant, &id)
                 .await?
                 .ok_or_else(|| Error::NotFound {
                     resource_type: "deployment",

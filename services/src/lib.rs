@@ -16,6 +16,7 @@ pub mod context;
 pub mod contract;
 pub mod deployments;
 pub mod driver;
+pub mod environments;
 pub mod error;
 pub mod filter;
 pub mod iam;

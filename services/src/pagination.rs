@@ -58,6 +58,50 @@ pub fn decode_token(fingerprint: [u8; 8], token: &str) -> Result<Option<String>,
         .map_err(|_| invalid())
 }
 
+/// One sort key of a keyset-paged list: an SQL expression over the listed table, its
+/// direction, and whether its values are integers (bound as such from page tokens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderKey {
+    pub column: &'static str,
+    pub desc: bool,
+    pub integer: bool,
+}
+
+/// The keyset condition "after this row" for a sort of mixed directions:
+/// `(k1 > v1) OR (k1 = v1 AND k2 > v2) OR …`, with `<` for descending keys. Parameters are
+/// numbered from `first`, one per key.
+pub fn keyset_after(order: &[OrderKey], first: usize, values: &[String]) -> Result<String, Error> {
+    if values.len() != order.len() {
+        return Err(Error::invalid_argument(
+            "page_token",
+            "not a page token of this query",
+        ));
+    }
+    // One direction throughout: a row-value comparison, which both engines match to an index.
+    if order.iter().all(|k| k.desc == order[0].desc) {
+        let columns: Vec<String> = order.iter().map(|k| k.column.to_owned()).collect();
+        let params: Vec<String> = (0..order.len())
+            .map(|i| format!("${}", first + i))
+            .collect();
+        let op = if order[0].desc { "<" } else { ">" };
+        return Ok(format!(
+            "(({}) {op} ({}))",
+            columns.join(", "),
+            params.join(", ")
+        ));
+    }
+    let mut alternatives = Vec::new();
+    for i in 0..order.len() {
+        let mut parts: Vec<String> = (0..i)
+            .map(|j| format!("{} = ${}", order[j].column, first + j))
+            .collect();
+        let op = if order[i].desc { "<" } else { ">" };
+        parts.push(format!("{} {op} ${}", order[i].column, first + i));
+        alternatives.push(format!("({})", parts.join(" AND ")));
+    }
+    Ok(format!("({})", alternatives.join(" OR ")))
+}
+
 /// Pages an in-memory, sorted list by key (for small collections such as roles).
 pub fn paginate<T>(
     items: Vec<T>,

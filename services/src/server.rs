@@ -184,6 +184,15 @@ impl App {
             work.clone(),
             Some(watch_access.clone()),
         );
+        let environments = crate::environments::EnvironmentService::new(
+            store.clone(),
+            audit.clone(),
+            gate.clone(),
+            work.clone(),
+            config.engine.clone(),
+            Some(watch_access.clone()),
+        );
+        environments.start_reaper();
         let audit_service = AuditService::new(store.clone(), audit, Some(watch_access));
         routes = routes
             .add_service(
@@ -194,6 +203,10 @@ impl App {
             )
             .add_service(
                 platform_api::platform::deployments::v1::deployment_service_server::DeploymentServiceServer::new(deployments)
+                    .max_decoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                platform_api::platform::environments::v1::environment_service_server::EnvironmentServiceServer::new(environments)
                     .max_decoding_message_size(config.max_message_bytes),
             )
             .add_service(

@@ -1120,17 +1120,9 @@ impl EntityFilter {
     }
 }
 
-/// One sort key of ListEntities: a column and its direction.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct OrderKey {
-    column: &'static str,
-    desc: bool,
-    integer: bool,
-}
-
 /// Parses `order_by` (AIP-132); the full key (kind, namespace, name) is appended to break ties.
-fn parse_order_by(text: &str) -> Result<Vec<OrderKey>, Error> {
-    let mut keys: Vec<OrderKey> = Vec::new();
+fn parse_order_by(text: &str) -> Result<Vec<pagination::OrderKey>, Error> {
+    let mut keys: Vec<pagination::OrderKey> = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let mut words = part.split_whitespace();
         let field = words.next().unwrap_or_default();
@@ -1149,16 +1141,16 @@ fn parse_order_by(text: &str) -> Result<Vec<OrderKey>, Error> {
             }
         };
         let (column, integer) = match field {
-            "kind" => ("kind", false),
-            "namespace" => ("namespace", false),
-            "name" | "metadata.name" => ("name_key", false),
-            "title" | "metadata.title" => ("title", false),
-            "type" | "spec.type" => ("spec_type", false),
-            "lifecycle" | "spec.lifecycle" => ("lifecycle", false),
-            "owner" => ("owner_ref", false),
-            "system" => ("system_ref", false),
-            "create_time" => ("create_time_us", true),
-            "update_time" => ("update_time_us", true),
+            "kind" => ("e.kind", false),
+            "namespace" => ("e.namespace", false),
+            "name" | "metadata.name" => ("e.name_key", false),
+            "title" | "metadata.title" => ("e.title", false),
+            "type" | "spec.type" => ("e.spec_type", false),
+            "lifecycle" | "spec.lifecycle" => ("e.lifecycle", false),
+            "owner" => ("e.owner_ref", false),
+            "system" => ("e.system_ref", false),
+            "create_time" => ("e.create_time_us", true),
+            "update_time" => ("e.update_time_us", true),
             other => {
                 return Err(Error::invalid_argument(
                     "order_by",
@@ -1175,15 +1167,15 @@ fn parse_order_by(text: &str) -> Result<Vec<OrderKey>, Error> {
                 format!("`{field}` appears twice"),
             ));
         }
-        keys.push(OrderKey {
+        keys.push(pagination::OrderKey {
             column,
             desc,
             integer,
         });
     }
-    for column in ["kind", "namespace", "name_key"] {
+    for column in ["e.kind", "e.namespace", "e.name_key"] {
         if !keys.iter().any(|k| k.column == column) {
-            keys.push(OrderKey {
+            keys.push(pagination::OrderKey {
                 column,
                 desc: false,
                 integer: false,
@@ -1191,41 +1183,6 @@ fn parse_order_by(text: &str) -> Result<Vec<OrderKey>, Error> {
         }
     }
     Ok(keys)
-}
-
-/// The keyset condition "after this row" for a sort of mixed directions:
-/// `(k1 > v1) OR (k1 = v1 AND k2 > v2) OR …`, with `<` for descending keys. Parameters are
-/// numbered from `first`, one per key.
-fn keyset_after(order: &[OrderKey], first: usize, values: &[String]) -> Result<String, Error> {
-    if values.len() != order.len() {
-        return Err(Error::invalid_argument(
-            "page_token",
-            "not a page token of this query",
-        ));
-    }
-    // One direction throughout: a row-value comparison, which both engines match to an index.
-    if order.iter().all(|k| k.desc == order[0].desc) {
-        let columns: Vec<String> = order.iter().map(|k| format!("e.{}", k.column)).collect();
-        let params: Vec<String> = (0..order.len())
-            .map(|i| format!("${}", first + i))
-            .collect();
-        let op = if order[0].desc { "<" } else { ">" };
-        return Ok(format!(
-            "(({}) {op} ({}))",
-            columns.join(", "),
-            params.join(", ")
-        ));
-    }
-    let mut alternatives = Vec::new();
-    for i in 0..order.len() {
-        let mut parts: Vec<String> = (0..i)
-            .map(|j| format!("e.{} = ${}", order[j].column, first + j))
-            .collect();
-        let op = if order[i].desc { "<" } else { ">" };
-        parts.push(format!("e.{} {op} ${}", order[i].column, first + i));
-        alternatives.push(format!("({})", parts.join(" AND ")));
-    }
-    Ok(format!("({})", alternatives.join(" OR ")))
 }
 
 fn unreachable_field<T>(field: &str) -> Result<T, Error> {
@@ -1463,7 +1420,7 @@ impl CatalogService {
         let key_columns: Vec<String> = order
             .iter()
             .enumerate()
-            .map(|(i, k)| format!("e.{} AS o{i}", k.column))
+            .map(|(i, k)| format!("{} AS o{i}", k.column))
             .collect();
         let mut sql = format!(
             "SELECT e.body, e.ref, {} FROM catalog_entities e{where_sql}",
@@ -1480,12 +1437,12 @@ impl CatalogService {
             let first = filter.params.len() + 2;
             sql.push_str(&format!(
                 " AND {}",
-                keyset_after(&order, first, &after_values)?
+                pagination::keyset_after(&order, first, &after_values)?
             ));
         }
         let order_sql: Vec<String> = order
             .iter()
-            .map(|k| format!("e.{} {}", k.column, if k.desc { "DESC" } else { "ASC" }))
+            .map(|k| format!("{} {}", k.column, if k.desc { "DESC" } else { "ASC" }))
             .collect();
         sql.push_str(&format!(
             " ORDER BY {} LIMIT {}",

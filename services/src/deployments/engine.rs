@@ -44,13 +44,15 @@ pub(super) const CANCELLED: i64 = dpb::DeploymentState::Cancelled as i64;
 pub(super) const ENV_PROVISIONING: i64 = epb::EnvironmentState::Provisioning as i64;
 pub(super) const ENV_READY: i64 = epb::EnvironmentState::Ready as i64;
 const ENV_FAILED: i64 = epb::EnvironmentState::Failed as i64;
+const ENV_TERMINATING: i64 = epb::EnvironmentState::Terminating as i64;
 const ENV_TERMINATED: i64 = epb::EnvironmentState::Terminated as i64;
 const OP_PENDING: i64 = epb::EnvironmentOperationState::Pending as i64;
 const OP_RUNNING: i64 = epb::EnvironmentOperationState::Running as i64;
 const OP_PROVISION: i64 = epb::EnvironmentOperationType::Provision as i64;
+const OP_TEARDOWN: i64 = epb::EnvironmentOperationType::Teardown as i64;
 
 /// How long a TERMINATED environment stays readable.
-const PURGE_AFTER_US: i64 = 7 * 24 * 3600 * 1_000_000;
+pub(crate) const PURGE_AFTER_US: i64 = 7 * 24 * 3600 * 1_000_000;
 /// Log lines are written in batches of at most this many, at least this often.
 const LOG_BATCH: usize = 200;
 const LOG_FLUSH: Duration = Duration::from_millis(100);
@@ -128,7 +130,9 @@ async fn log_append(
     let now = now_micros();
     for (i, (stream, text, truncated)) in rows.iter().enumerate() {
         let seq = last + 1 + i as i64;
-        match target.operation {
+        // Only environment log rows have an operation ($9); binding it for deployments would
+        // be one parameter too many for PostgreSQL.
+        let mut insert = match target.operation {
             None => sqlx::query(
                 "INSERT INTO deployment_log (tenant, deployment, seq, time_us, stream, text, truncated, attempt) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -145,10 +149,11 @@ async fn log_append(
         .bind(*stream)
         .bind(*text)
         .bind(i64::from(*truncated))
-        .bind(target.attempt)
-        .bind(target.operation.unwrap_or_default())
-        .execute(&mut **tx)
-        .await?;
+        .bind(target.attempt);
+        if let Some(operation) = target.operation {
+            insert = insert.bind(operation);
+        }
+        insert.execute(&mut **tx).await?;
     }
     sqlx::query(&format!(
         "UPDATE {parent} SET log_seq = $1 WHERE tenant = $2 AND id = $3"
@@ -173,6 +178,30 @@ pub(super) async fn deployment_note(
         tenant: tenant.to_owned(),
         id: id.to_owned(),
         operation: None,
+        attempt,
+    };
+    log_append(
+        tx,
+        &target,
+        &[(dpb::LogStream::System as i64, text, false)],
+        i64::MAX,
+    )
+    .await
+}
+
+/// Appends one SYSTEM line to an environment's log, for the step `operation`.
+pub(crate) async fn environment_note(
+    tx: &mut WriteTx,
+    tenant: &str,
+    id: &str,
+    operation: i64,
+    attempt: i64,
+    text: String,
+) -> Result<(), Error> {
+    let target = LogTarget {
+        tenant: tenant.to_owned(),
+        id: id.to_owned(),
+        operation: Some(operation),
         attempt,
     };
     log_append(
@@ -1153,8 +1182,10 @@ impl Engine {
         } else {
             "teardown"
         };
-        // A provision step cancelled by a forced delete leaves the environment to its teardown.
-        if !(outcome.cancelled && op_type == OP_PROVISION) {
+        // An environment deleted while it was provisioning goes on to its teardown, whatever
+        // the provision step did (DeleteEnvironment left the teardown record PENDING).
+        let teardown_next = op_type == OP_PROVISION && i64::from(env.body.state) == ENV_TERMINATING;
+        if !teardown_next {
             if ok {
                 if op_type == OP_PROVISION {
                     env.body.state = ENV_READY as i32;
@@ -1169,12 +1200,21 @@ impl Engine {
                 env.body.state_message = format!("{step} step {}", outcome.message);
             }
         }
-        environment_save(&mut tx, &mut env, op_state as i64).await?;
-        sqlx::query("UPDATE environments SET lease_owner = '', lease_expires_us = 0 WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        let (next_type, next_state) = if teardown_next {
+            (OP_TEARDOWN, OP_PENDING)
+        } else {
+            (op_type, op_state as i64)
+        };
+        environment_save(&mut tx, &mut env, next_state).await?;
+        sqlx::query(
+            "UPDATE environments SET lease_owner = '', lease_expires_us = 0, op_type = $1, op_cancel = 0, run_pid = 0 \
+             WHERE tenant = $2 AND id = $3",
+        )
+        .bind(next_type)
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         let target = LogTarget {
             tenant: tenant.to_owned(),
             id: id.to_owned(),

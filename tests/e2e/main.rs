@@ -8,6 +8,7 @@ mod catalog_discovery;
 mod catalog_ownership;
 mod contract_and_transport;
 mod deployments;
+mod environments;
 mod iam_audit;
 mod identity;
 mod process;

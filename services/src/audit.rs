@@ -150,20 +150,29 @@ impl AuditLog {
     /// Appends a record to its chain inside `tx`; returns its sequence number.
     #[instrument(skip_all, fields(chain = %record.chain))]
     pub async fn append(&self, tx: &mut WriteTx, record: &AuditRecord) -> Result<i64, Error> {
-        sqlx::query(
-            "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
-        )
-        .bind(&record.chain)
-        .bind(ZERO_HASH.to_vec())
-        .execute(&mut **tx)
-        .await?;
-        // Locks the head row until commit: concurrent appenders to this chain wait here.
-        let head = sqlx::query(
-            "UPDATE audit_heads SET seq = seq + 1 WHERE chain = $1 RETURNING seq, hash",
-        )
-        .bind(&record.chain)
-        .fetch_one(&mut **tx)
-        .await?;
+        // Locks the head row until commit: concurrent appenders to this chain wait here. A
+        // chain's first record creates its head first (once per chain, so not on every append).
+        let advance = "UPDATE audit_heads SET seq = seq + 1 WHERE chain = $1 RETURNING seq, hash";
+        let head = match sqlx::query(advance)
+            .bind(&record.chain)
+            .fetch_optional(&mut **tx)
+            .await?
+        {
+            Some(head) => head,
+            None => {
+                sqlx::query(
+                    "INSERT INTO audit_heads (chain, seq, hash) VALUES ($1, 0, $2) ON CONFLICT (chain) DO NOTHING",
+                )
+                .bind(&record.chain)
+                .bind(ZERO_HASH.to_vec())
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(advance)
+                    .bind(&record.chain)
+                    .fetch_one(&mut **tx)
+                    .await?
+            }
+        };
         let seq: i64 = head.try_get("seq")?;
         let prev_hash: Vec<u8> = head.try_get("hash")?;
         let hash = chain_hash(&prev_hash, record, seq);

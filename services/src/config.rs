@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// Attempts a deployment gets before interrupted runs make it FAILED [default: 3].
     #[arg(long, env = "PLATFORM_DEPLOY_MAX_ATTEMPTS")]
     pub deploy_max_attempts: Option<u32>,
+    /// The longest time-to-live, in hours, a preview environment may be given at creation or
+    /// renewal [default: 720, 30 days].
+    #[arg(long, env = "PLATFORM_PREVIEW_MAX_TTL_HOURS")]
+    pub preview_max_ttl_hours: Option<u64>,
 }
 
 /// The same settings as [`ServeArgs`], as read from the TOML file.
@@ -107,6 +111,7 @@ struct FileConfig {
     deploy_workers: Option<usize>,
     deploy_lease_secs: Option<u64>,
     deploy_max_attempts: Option<u32>,
+    preview_max_ttl_hours: Option<u64>,
 }
 
 /// How log lines are written.
@@ -424,6 +429,15 @@ impl ServeArgs {
                 return Err(ConfigError::new("deploy-max-attempts", "between 1 and 100"));
             }
             engine.max_attempts = attempts;
+        }
+        if let Some(hours) = self.preview_max_ttl_hours.or(file.preview_max_ttl_hours) {
+            if !(1..=24 * 366).contains(&hours) {
+                return Err(ConfigError::new(
+                    "preview-max-ttl-hours",
+                    "between 1 hour and 366 days",
+                ));
+            }
+            engine.max_ttl = Duration::from_secs(hours * 3600);
         }
 
         Ok(Config {

@@ -42,14 +42,45 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
-/// A transaction that may write; commit it or it rolls back when dropped.
-pub type WriteTx = Transaction<'static, Any>;
+/// A transaction that may write; commit it or it rolls back when dropped. It dereferences to
+/// the connection, so queries run on `&mut **tx` (or `&mut *tx` when owned).
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    /// On SQLite, this process's turn to write (see [`Store::write_tx`]); released on drop.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl WriteTx {
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
+}
 
 /// The storage handle shared by every service. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// SQLite has one writer at a time. Writers of this process queue here, in order, instead of
+    /// in SQLite's busy handler, which sleeps in growing steps and turns contention into
+    /// latency spikes of tens of milliseconds. Other processes on the same file still meet the
+    /// busy timeout.
+    write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Why the store could not be opened at start-up.
@@ -112,7 +143,11 @@ impl Store {
             .connect(&url)
             .await
             .map_err(connect_err)?;
-        Ok(Store { pool, engine })
+        Ok(Store {
+            pool,
+            engine,
+            write_turn: Default::default(),
+        })
     }
 
     /// Applies the engine's pending migrations. Running it again on a current database is a no-op.
@@ -160,18 +195,22 @@ impl Store {
 
     /// Begins the one transaction of a mutating request (`BEGIN IMMEDIATE` on SQLite).
     pub async fn write_tx(&self) -> Result<WriteTx, Error> {
-        let tx = match self.engine {
-            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Engine::Postgres => self.pool.begin().await,
-        };
-        tx.map_err(|err| match err {
-            sqlx::Error::Database(db) if is_sqlite_busy(db.code().as_deref()) => {
-                Error::Unavailable {
-                    message: "the database is busy; retry with backoff".to_owned(),
-                }
+        let (tx, turn) = match self.engine {
+            Engine::Sqlite => {
+                let turn = self.write_turn.clone().lock_owned().await;
+                (self.pool.begin_with("BEGIN IMMEDIATE").await, Some(turn))
             }
-            other => Error::from(other),
-        })
+            Engine::Postgres => (self.pool.begin().await, None),
+        };
+        tx.map(|tx| WriteTx { tx, _turn: turn })
+            .map_err(|err| match err {
+                sqlx::Error::Database(db) if is_sqlite_busy(db.code().as_deref()) => {
+                    Error::Unavailable {
+                        message: "the database is busy; retry with backoff".to_owned(),
+                    }
+                }
+                other => Error::from(other),
+            })
     }
 
     /// Waits for connections in use to be returned, then closes them (used at shutdown).

@@ -366,7 +366,9 @@ storage_test!(
             &admin,
             "broken",
             epb::EnvironmentType::Development,
-            script("echo boom; printf 'bin \\377\\376 \\033[31mred\\n'; exit 3"),
+            script(
+                "echo boom; printf 'bin \\377\\376 \\033[31mred\\n'; head -c 100000 /dev/zero | tr '\\0' a; echo; exit 3",
+            ),
             "",
         )
         .await;
@@ -396,6 +398,22 @@ storage_test!(
                 .any(|l| l.contains('\u{fffd}') && l.contains("\\x1b")),
             "{log:#?}"
         );
+        // A 100,000-byte line is stored cut at the line limit (16 KiB) and flagged.
+        let lines = deployments(&admin)
+            .get_deployment_log(admin.req(dpb::GetDeploymentLogRequest {
+                name: failed.name.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("log")
+            .into_inner()
+            .lines;
+        let long = lines
+            .iter()
+            .find(|l| l.text.starts_with("aaaa"))
+            .expect("the long line");
+        assert!(long.truncated, "{:?}", long.text.len());
+        assert!(long.text.len() <= 16 * 1024 && long.text.len() > 1000);
 
         // Cancel kills the script and what it started.
         let slow = deploy(&admin, "web", "v1", "slow", "")

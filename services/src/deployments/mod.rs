@@ -352,7 +352,7 @@ impl DeploymentService {
             "INSERT INTO deployments (tenant, id, uid, component, environment, state, version, commit_sha, requested_by, \
              rollback_of, promoted_from, create_time_us, update_time_us, cancel_requested, attempt_count, lease_owner, \
              lease_expires_us, log_seq, etag, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 0, $13, $14)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 1, $13, $14)",
         )
         .bind(tenant)
         .bind(&id)
@@ -370,7 +370,19 @@ impl DeploymentService {
         .bind(d.encode_to_vec())
         .execute(&mut **tx)
         .await?;
-        engine::deployment_note(tx, tenant, &id, 0, format!("QUEUED by {}", ctx.principal)).await?;
+        // The log's first line, numbered 1 in the INSERT above (log_seq): a new deployment
+        // needs no counter lock.
+        sqlx::query(
+            "INSERT INTO deployment_log (tenant, deployment, seq, time_us, stream, text, truncated, attempt) \
+             VALUES ($1, $2, 1, $3, $4, $5, 0, 0)",
+        )
+        .bind(tenant)
+        .bind(&id)
+        .bind(now)
+        .bind(pb::LogStream::System as i64)
+        .bind(format!("QUEUED by {}", ctx.principal))
+        .execute(&mut **tx)
+        .await?;
         d.log_line_count = 1;
         Ok(d)
     }

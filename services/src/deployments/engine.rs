@@ -506,15 +506,25 @@ impl Engine {
             .fetch_all(self.store.pool())
             .await?,
         );
+        // The head of every lane: a loose index scan visits each lane with queued work once
+        // (`lanes`), then takes its oldest queued deployment, if the lane runs nothing and its
+        // environment is ready and unlocked. CROSS JOIN keeps SQLite's planner from walking the
+        // whole queue from `deployments` instead (PostgreSQL plans it by its statistics).
         candidates.extend(
             sqlx::query(&format!(
-                "SELECT {columns} FROM deployments d JOIN environments e ON e.tenant = d.tenant AND e.id = d.environment \
-                 WHERE d.state = $1 AND e.state = $2 AND e.locked = 0 \
-                 AND NOT EXISTS (SELECT 1 FROM deployments o WHERE o.tenant = d.tenant AND o.environment = d.environment \
-                     AND o.component = d.component AND o.state = $3) \
-                 AND NOT EXISTS (SELECT 1 FROM deployments o WHERE o.tenant = d.tenant AND o.environment = d.environment \
-                     AND o.component = d.component AND o.state = $1 AND o.create_time_us <= d.create_time_us \
-                     AND (o.create_time_us < d.create_time_us OR o.id < d.id)) \
+                "WITH RECURSIVE lanes(lane) AS ( \
+                   SELECT (SELECT q.lane FROM deployments q WHERE q.state = $1 ORDER BY q.lane LIMIT 1) \
+                   UNION ALL \
+                   SELECT (SELECT q.lane FROM deployments q WHERE q.state = $1 AND q.lane > lanes.lane ORDER BY q.lane LIMIT 1) \
+                   FROM lanes WHERE lanes.lane IS NOT NULL) \
+                 SELECT {columns} FROM lanes l CROSS JOIN deployments d \
+                 JOIN environments e ON e.tenant = d.tenant AND e.id = d.environment \
+                 WHERE l.lane IS NOT NULL AND d.state = $1 AND d.lane = l.lane AND d.create_time_us = \
+                     (SELECT MIN(h.create_time_us) FROM deployments h WHERE h.state = $1 AND h.lane = l.lane) \
+                 AND e.state = $2 AND e.locked = 0 \
+                 AND NOT EXISTS (SELECT 1 FROM deployments o WHERE o.state = $3 AND o.lane = d.lane) \
+                 AND NOT EXISTS (SELECT 1 FROM deployments o WHERE o.state = $1 AND o.lane = d.lane \
+                     AND o.create_time_us = d.create_time_us AND o.id < d.id) \
                  ORDER BY d.create_time_us, d.id LIMIT 50"
             ))
             .bind(QUEUED)
@@ -927,25 +937,35 @@ impl Engine {
                     }
                 }
                 _ = flush.tick() => self.log_flush(&target, &mut pending).await?,
+                // Writes go through write_tx like every other, so on SQLite they queue for
+                // their turn instead of sleeping in the busy handler.
                 Some(pid) = pid_rx.recv() => {
+                    let mut tx = self.store.write_tx().await?;
                     sqlx::query(&format!("UPDATE {table} SET run_pid = $1 WHERE tenant = $2 AND id = $3 AND lease_owner = $4"))
                         .bind(i64::from(pid))
                         .bind(&target.tenant)
                         .bind(&target.id)
                         .bind(worker)
-                        .execute(self.store.pool())
+                        .execute(&mut *tx)
                         .await?;
+                    tx.commit().await?;
                 }
                 _ = renew.tick() => {
                     let until = now_micros() + self.config.lease.as_micros() as i64;
-                    let row = sqlx::query(&format!(
-                        "UPDATE {table} SET lease_expires_us = $1 WHERE tenant = $2 AND id = $3 AND lease_owner = $4 RETURNING {cancel_column} AS c"
-                    ))
-                    .bind(until)
-                    .bind(&target.tenant)
-                    .bind(&target.id)
-                    .bind(worker)
-                    .fetch_optional(self.store.pool())
+                    let row = async {
+                        let mut tx = self.store.write_tx().await?;
+                        let row = sqlx::query(&format!(
+                            "UPDATE {table} SET lease_expires_us = $1 WHERE tenant = $2 AND id = $3 AND lease_owner = $4 RETURNING {cancel_column} AS c"
+                        ))
+                        .bind(until)
+                        .bind(&target.tenant)
+                        .bind(&target.id)
+                        .bind(worker)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok::<_, Error>(row)
+                    }
                     .await;
                     match row {
                         Ok(None) => {

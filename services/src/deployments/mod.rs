@@ -351,8 +351,8 @@ impl DeploymentService {
         sqlx::query(
             "INSERT INTO deployments (tenant, id, uid, component, environment, state, version, commit_sha, requested_by, \
              rollback_of, promoted_from, create_time_us, update_time_us, cancel_requested, attempt_count, lease_owner, \
-             lease_expires_us, log_seq, etag, body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 1, $13, $14)",
+             lease_expires_us, log_seq, etag, body, lane) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 1, $13, $14, $15)",
         )
         .bind(tenant)
         .bind(&id)
@@ -368,6 +368,7 @@ impl DeploymentService {
         .bind(now)
         .bind(&d.etag)
         .bind(d.encode_to_vec())
+        .bind(format!("{tenant}/{}/{}", env.id, d.component))
         .execute(&mut **tx)
         .await?;
         // The log's first line, numbered 1 in the INSERT above (log_seq): a new deployment

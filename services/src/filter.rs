@@ -330,6 +330,75 @@ pub fn parse_expr(filter: &str) -> Result<Option<Expr>, Error> {
     Ok(Some(expr))
 }
 
+/// A value bound to the SQL a filter was turned into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Param {
+    Text(String),
+    Int(i64),
+}
+
+/// Binds `params` in order, after whatever `query` has bound already.
+pub fn bind_params<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    params: &'q [Param],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for p in params {
+        query = match p {
+            Param::Text(s) => query.bind(s.as_str()),
+            Param::Int(n) => query.bind(*n),
+        };
+    }
+    query
+}
+
+/// SQL for an expression: `AND`, `OR` and `NOT` kept, each comparison rendered by `term_sql`.
+pub fn expr_sql(
+    expr: &Expr,
+    term_sql: &mut dyn FnMut(&Term) -> Result<String, Error>,
+) -> Result<String, Error> {
+    Ok(match expr {
+        Expr::Term(term) => term_sql(term)?,
+        Expr::Not(inner) => format!("(NOT {})", expr_sql(inner, term_sql)?),
+        Expr::And(parts) | Expr::Or(parts) => {
+            let joiner = if matches!(expr, Expr::And(_)) {
+                " AND "
+            } else {
+                " OR "
+            };
+            let sql = parts
+                .iter()
+                .map(|p| expr_sql(p, term_sql))
+                .collect::<Result<Vec<_>, _>>()?;
+            format!("({})", sql.join(joiner))
+        }
+    })
+}
+
+/// A comparison of a time field with an RFC 3339 value: `{column} OP $n` over microseconds,
+/// the value pushed onto `params` (numbered after a first parameter, the tenant).
+pub fn time_term_sql(term: &Term, column: &str, params: &mut Vec<Param>) -> Result<String, Error> {
+    let field = &term.field;
+    let op = match term.op {
+        Op::Lt => "<",
+        Op::Le => "<=",
+        Op::Gt => ">",
+        Op::Ge => ">=",
+        Op::Eq => "=",
+        Op::Ne => "<>",
+        Op::Has => return Err(invalid(format!("`{field}` takes a comparison"))),
+    };
+    let ts: prost_types::Timestamp = term
+        .value
+        .parse()
+        .map_err(|_| invalid(format!("`{field}` takes an RFC 3339 time in quotes")))?;
+    params.push(Param::Int(
+        ts.seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(ts.nanos) / 1000),
+    ));
+    Ok(format!("{column} {op} ${}", params.len() + 1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,6 +102,166 @@ pub fn keyset_after(order: &[OrderKey], first: usize, values: &[String]) -> Resu
     Ok(format!("({})", alternatives.join(" OR ")))
 }
 
+/// A field a list may be sorted by: its name in `order_by`, the SQL expression, and whether its
+/// values are integers.
+pub type SortField = (&'static str, &'static str, bool);
+
+/// Parses `order_by` (AIP-132: `field [desc], …`) against `fields`; `help` lists the field names
+/// for the error. The `tie_break` columns are appended (ascending) where not already named, so
+/// that the order is total and keyset pages never skip or repeat a row.
+pub fn parse_order_by(
+    text: &str,
+    fields: &[SortField],
+    help: &str,
+    tie_break: &[&'static str],
+) -> Result<Vec<OrderKey>, Error> {
+    let mut keys: Vec<OrderKey> = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let mut words = part.split_whitespace();
+        let field = words.next().unwrap_or_default();
+        let desc = match (words.next(), words.next()) {
+            (None, _) => false,
+            (Some(d), None) if d.eq_ignore_ascii_case("desc") => true,
+            (Some(a), None) if a.eq_ignore_ascii_case("asc") => false,
+            _ => {
+                return Err(Error::invalid_argument(
+                    "order_by",
+                    format!(
+                        "`{}` is not `field` or `field desc`",
+                        crate::names::printable(part)
+                    ),
+                ));
+            }
+        };
+        let Some(&(_, column, integer)) = fields.iter().find(|(name, _, _)| *name == field) else {
+            return Err(Error::invalid_argument(
+                "order_by",
+                format!(
+                    "cannot sort by `{}` (fields: {help})",
+                    crate::names::printable(field)
+                ),
+            ));
+        };
+        if keys.iter().any(|k| k.column == column) {
+            return Err(Error::invalid_argument(
+                "order_by",
+                format!("`{field}` appears twice"),
+            ));
+        }
+        keys.push(OrderKey {
+            column,
+            desc,
+            integer,
+        });
+    }
+    for &column in tie_break {
+        if !keys.iter().any(|k| k.column == column) {
+            keys.push(OrderKey {
+                column,
+                desc: false,
+                integer: false,
+            });
+        }
+    }
+    Ok(keys)
+}
+
+/// A keyset-paged query's sort: the select list, ORDER BY, the "after this row" condition and
+/// the page tokens, for lists ordered by any [`OrderKey`]s (ListEntities, ListEnvironments).
+#[derive(Debug)]
+pub struct Keyset<'a> {
+    order: &'a [OrderKey],
+    /// The sort values of the last row of the previous page; empty on the first page.
+    after: Vec<String>,
+}
+
+impl<'a> Keyset<'a> {
+    /// Reads the sort values a page token carries (`after` is what [`decode_token`] returned).
+    pub fn new(order: &'a [OrderKey], after: Option<&str>) -> Result<Self, Error> {
+        let after = match after {
+            None => Vec::new(),
+            Some(after) => serde_json::from_str(after)
+                .ok()
+                .filter(|v: &Vec<String>| v.len() == order.len())
+                .ok_or_else(|| {
+                    Error::invalid_argument("page_token", "not a page token of this query")
+                })?,
+        };
+        Ok(Keyset { order, after })
+    }
+
+    /// The sort values as extra select columns `o0, o1, …`, read back by [`Keyset::token`].
+    pub fn select_columns(&self) -> String {
+        let columns: Vec<String> = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS o{i}", k.column))
+            .collect();
+        columns.join(", ")
+    }
+
+    /// ` AND (after the previous page)` when there is one, its parameters numbered from `first`.
+    pub fn after_sql(&self, first: usize) -> Result<String, Error> {
+        if self.after.is_empty() {
+            return Ok(String::new());
+        }
+        Ok(format!(
+            " AND {}",
+            keyset_after(self.order, first, &self.after)?
+        ))
+    }
+
+    /// ` ORDER BY … LIMIT {limit}`.
+    pub fn order_sql(&self, limit: i64) -> String {
+        let keys: Vec<String> = self
+            .order
+            .iter()
+            .map(|k| format!("{} {}", k.column, if k.desc { "DESC" } else { "ASC" }))
+            .collect();
+        format!(" ORDER BY {} LIMIT {limit}", keys.join(", "))
+    }
+
+    /// Binds the parameters of [`Keyset::after_sql`], after those already bound.
+    pub fn bind<'q>(
+        &'q self,
+        mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>, Error> {
+        for (k, value) in self.order.iter().zip(&self.after) {
+            query = if k.integer {
+                query.bind(value.parse::<i64>().map_err(|_| {
+                    Error::invalid_argument("page_token", "not a page token of this query")
+                })?)
+            } else {
+                query.bind(value.as_str())
+            };
+        }
+        Ok(query)
+    }
+
+    /// The token of the page after the one ending with `last` (a row selected with
+    /// [`Keyset::select_columns`]).
+    pub fn token(&self, fingerprint: [u8; 8], last: &sqlx::any::AnyRow) -> Result<String, Error> {
+        use sqlx::Row;
+        let values = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let column = format!("o{i}");
+                Ok(if k.integer {
+                    last.try_get::<i64, _>(column.as_str())?.to_string()
+                } else {
+                    last.try_get::<String, _>(column.as_str())?
+                })
+            })
+            .collect::<Result<Vec<String>, Error>>()?;
+        let json = serde_json::to_string(&values)
+            .map_err(|e| Error::internal(format!("page token: {e}")))?;
+        Ok(encode_token(fingerprint, &json))
+    }
+}
+
 /// Pages an in-memory, sorted list by key (for small collections such as roles).
 pub fn paginate<T>(
     items: Vec<T>,

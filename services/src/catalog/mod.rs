@@ -1122,67 +1122,28 @@ impl EntityFilter {
 
 /// Parses `order_by` (AIP-132); the full key (kind, namespace, name) is appended to break ties.
 fn parse_order_by(text: &str) -> Result<Vec<pagination::OrderKey>, Error> {
-    let mut keys: Vec<pagination::OrderKey> = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let mut words = part.split_whitespace();
-        let field = words.next().unwrap_or_default();
-        let desc = match (words.next(), words.next()) {
-            (None, _) => false,
-            (Some(d), None) if d.eq_ignore_ascii_case("desc") => true,
-            (Some(a), None) if a.eq_ignore_ascii_case("asc") => false,
-            _ => {
-                return Err(Error::invalid_argument(
-                    "order_by",
-                    format!(
-                        "`{}` is not `field` or `field desc`",
-                        names::printable(part)
-                    ),
-                ));
-            }
-        };
-        let (column, integer) = match field {
-            "kind" => ("e.kind", false),
-            "namespace" => ("e.namespace", false),
-            "name" | "metadata.name" => ("e.name_key", false),
-            "title" | "metadata.title" => ("e.title", false),
-            "type" | "spec.type" => ("e.spec_type", false),
-            "lifecycle" | "spec.lifecycle" => ("e.lifecycle", false),
-            "owner" => ("e.owner_ref", false),
-            "system" => ("e.system_ref", false),
-            "create_time" => ("e.create_time_us", true),
-            "update_time" => ("e.update_time_us", true),
-            other => {
-                return Err(Error::invalid_argument(
-                    "order_by",
-                    format!(
-                        "cannot sort by `{}` (fields: kind, namespace, name, title, type, lifecycle, owner, system, create_time, update_time)",
-                        names::printable(other)
-                    ),
-                ));
-            }
-        };
-        if keys.iter().any(|k| k.column == column) {
-            return Err(Error::invalid_argument(
-                "order_by",
-                format!("`{field}` appears twice"),
-            ));
-        }
-        keys.push(pagination::OrderKey {
-            column,
-            desc,
-            integer,
-        });
-    }
-    for column in ["e.kind", "e.namespace", "e.name_key"] {
-        if !keys.iter().any(|k| k.column == column) {
-            keys.push(pagination::OrderKey {
-                column,
-                desc: false,
-                integer: false,
-            });
-        }
-    }
-    Ok(keys)
+    const FIELDS: &[pagination::SortField] = &[
+        ("kind", "e.kind", false),
+        ("namespace", "e.namespace", false),
+        ("name", "e.name_key", false),
+        ("metadata.name", "e.name_key", false),
+        ("title", "e.title", false),
+        ("metadata.title", "e.title", false),
+        ("type", "e.spec_type", false),
+        ("spec.type", "e.spec_type", false),
+        ("lifecycle", "e.lifecycle", false),
+        ("spec.lifecycle", "e.lifecycle", false),
+        ("owner", "e.owner_ref", false),
+        ("system", "e.system_ref", false),
+        ("create_time", "e.create_time_us", true),
+        ("update_time", "e.update_time_us", true),
+    ];
+    pagination::parse_order_by(
+        text,
+        FIELDS,
+        "kind, namespace, name, title, type, lifecycle, owner, system, create_time, update_time",
+        &["e.kind", "e.namespace", "e.name_key"],
+    )
 }
 
 fn unreachable_field<T>(field: &str) -> Result<T, Error> {
@@ -1417,48 +1378,14 @@ impl CatalogService {
         .map(|row| row.try_get("n"))
         .transpose()?
         .unwrap_or(0);
-        let key_columns: Vec<String> = order
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{} AS o{i}", k.column))
-            .collect();
-        let mut sql = format!(
-            "SELECT e.body, e.ref, {} FROM catalog_entities e{where_sql}",
-            key_columns.join(", ")
+        let keyset = pagination::Keyset::new(&order, after.as_deref())?;
+        let sql = format!(
+            "SELECT e.body, e.ref, {} FROM catalog_entities e{where_sql}{}{}",
+            keyset.select_columns(),
+            keyset.after_sql(filter.params.len() + 2)?,
+            keyset.order_sql(page_size + 1),
         );
-        let mut after_values: Vec<String> = Vec::new();
-        if let Some(after) = &after {
-            after_values = serde_json::from_str(after)
-                .ok()
-                .filter(|v: &Vec<String>| v.len() == order.len())
-                .ok_or_else(|| {
-                    Error::invalid_argument("page_token", "not a page token of this query")
-                })?;
-            let first = filter.params.len() + 2;
-            sql.push_str(&format!(
-                " AND {}",
-                pagination::keyset_after(&order, first, &after_values)?
-            ));
-        }
-        let order_sql: Vec<String> = order
-            .iter()
-            .map(|k| format!("{} {}", k.column, if k.desc { "DESC" } else { "ASC" }))
-            .collect();
-        sql.push_str(&format!(
-            " ORDER BY {} LIMIT {}",
-            order_sql.join(", "),
-            page_size + 1
-        ));
-        let mut query = bind_all(sqlx::query(&sql).bind(&tenant), &filter.params);
-        for (k, value) in order.iter().zip(&after_values) {
-            query = if k.integer {
-                query.bind(value.parse::<i64>().map_err(|_| {
-                    Error::invalid_argument("page_token", "not a page token of this query")
-                })?)
-            } else {
-                query.bind(value.as_str())
-            };
-        }
+        let query = keyset.bind(bind_all(sqlx::query(&sql).bind(&tenant), &filter.params))?;
         let rows = query.fetch_all(self.pool()).await?;
         let more = rows.len() as i64 > page_size;
         let full = req.view == pb::EntityView::Full as i32;
@@ -1472,23 +1399,7 @@ impl CatalogService {
             entities.push(entity);
         }
         let next_page_token = match (more, rows.get(entities.len().wrapping_sub(1))) {
-            (true, Some(last)) => {
-                let values = order
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        let column = format!("o{i}");
-                        Ok(if k.integer {
-                            last.try_get::<i64, _>(column.as_str())?.to_string()
-                        } else {
-                            last.try_get::<String, _>(column.as_str())?
-                        })
-                    })
-                    .collect::<Result<Vec<String>, Error>>()?;
-                let json = serde_json::to_string(&values)
-                    .map_err(|e| Error::internal(format!("page token: {e}")))?;
-                pagination::encode_token(fingerprint, &json)
-            }
+            (true, Some(last)) => keyset.token(fingerprint, last)?,
             _ => String::new(),
         };
         Ok(pb::ListEntitiesResponse {

@@ -166,6 +166,17 @@ async fn log_append(
     Ok(())
 }
 
+/// Appends one SYSTEM line to a log.
+async fn system_note(tx: &mut WriteTx, target: &LogTarget, text: String) -> Result<(), Error> {
+    log_append(
+        tx,
+        target,
+        &[(dpb::LogStream::System as i64, text, false)],
+        i64::MAX,
+    )
+    .await
+}
+
 /// Appends one SYSTEM line to a deployment's log.
 pub(super) async fn deployment_note(
     tx: &mut WriteTx,
@@ -180,13 +191,7 @@ pub(super) async fn deployment_note(
         operation: None,
         attempt,
     };
-    log_append(
-        tx,
-        &target,
-        &[(dpb::LogStream::System as i64, text, false)],
-        i64::MAX,
-    )
-    .await
+    system_note(tx, &target, text).await
 }
 
 /// Appends one SYSTEM line to an environment's log, for the step `operation`.
@@ -204,13 +209,7 @@ pub(crate) async fn environment_note(
         operation: Some(operation),
         attempt,
     };
-    log_append(
-        tx,
-        &target,
-        &[(dpb::LogStream::System as i64, text, false)],
-        i64::MAX,
-    )
-    .await
+    system_note(tx, &target, text).await
 }
 
 fn stream_number(stream: LogStream) -> i64 {
@@ -1085,13 +1084,7 @@ impl Engine {
             } else {
                 format!("attempt {attempt} started on {worker}")
             };
-            log_append(
-                &mut tx,
-                &target,
-                &[(dpb::LogStream::System as i64, text, false)],
-                i64::MAX,
-            )
-            .await?;
+            system_note(&mut tx, &target, text).await?;
             tx.commit().await?;
             self.audit.notify_committed();
             return Ok(Some(Claimed::Environment {
@@ -1263,19 +1256,14 @@ impl Engine {
             operation: Some(op_type),
             attempt: i64::from(operation_of(&mut env.body, op_type).attempt_count),
         };
-        log_append(
+        system_note(
             &mut tx,
             &target,
-            &[(
-                dpb::LogStream::System as i64,
-                format!(
-                    "{step} {}: {}",
-                    if ok { "finished" } else { "failed" },
-                    outcome.message
-                ),
-                false,
-            )],
-            i64::MAX,
+            format!(
+                "{step} {}: {}",
+                if ok { "finished" } else { "failed" },
+                outcome.message
+            ),
         )
         .await?;
         tx.commit().await?;

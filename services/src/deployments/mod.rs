@@ -26,7 +26,7 @@ use crate::authz::Gate;
 use crate::catalog::model;
 use crate::context::CallContext;
 use crate::error::{Error, FieldViolation, RpcResult, respond};
-use crate::filter::{self, Op};
+use crate::filter::{self, Op, Param, bind_params};
 use crate::idempotency;
 use crate::names::{self, parse_child_name, parse_tenant_name};
 use crate::pagination;
@@ -529,9 +529,11 @@ impl DeploymentService {
         };
         let page_size = pagination::page_size(req.page_size)?;
         let mut clauses = Vec::new();
-        let mut params: Vec<FilterParam> = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
         if let Some(expr) = filter::parse_expr(&req.filter)? {
-            clauses.push(deployment_filter_sql(&expr, &tenant, &mut params)?);
+            clauses.push(filter::expr_sql(&expr, &mut |term| {
+                deployment_term_sql(term, &tenant, &mut params)
+            })?);
         }
         let fingerprint = pagination::query_fingerprint(&[&tenant, &req.filter, &req.order_by]);
         let after = pagination::decode_token(fingerprint, &req.page_token)?;
@@ -1050,55 +1052,10 @@ impl DeploymentService {
     }
 }
 
-/// A bound value of a ListDeployments filter.
-enum FilterParam {
-    Text(String),
-    Int(i64),
-}
-
-fn bind_params<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    params: &'q [FilterParam],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for p in params {
-        query = match p {
-            FilterParam::Text(s) => query.bind(s.as_str()),
-            FilterParam::Int(n) => query.bind(*n),
-        };
-    }
-    query
-}
-
-/// SQL for a ListDeployments filter expression over the `deployments` columns.
-fn deployment_filter_sql(
-    expr: &filter::Expr,
-    tenant: &str,
-    params: &mut Vec<FilterParam>,
-) -> Result<String, Error> {
-    Ok(match expr {
-        filter::Expr::Term(term) => deployment_term_sql(term, tenant, params)?,
-        filter::Expr::Not(inner) => {
-            format!("(NOT {})", deployment_filter_sql(inner, tenant, params)?)
-        }
-        filter::Expr::And(parts) | filter::Expr::Or(parts) => {
-            let joiner = if matches!(expr, filter::Expr::And(_)) {
-                " AND "
-            } else {
-                " OR "
-            };
-            let sql = parts
-                .iter()
-                .map(|p| deployment_filter_sql(p, tenant, params))
-                .collect::<Result<Vec<_>, _>>()?;
-            format!("({})", sql.join(joiner))
-        }
-    })
-}
-
 fn deployment_term_sql(
     term: &filter::Term,
     tenant: &str,
-    params: &mut Vec<FilterParam>,
+    params: &mut Vec<Param>,
 ) -> Result<String, Error> {
     let bad = |why: String| Error::invalid_argument("filter", why);
     let eq_op = |op: Op| match op {
@@ -1111,7 +1068,7 @@ fn deployment_term_sql(
     };
     let mut text = |column: &str, value: String, op: Op| -> Result<String, Error> {
         let op = eq_op(op)?;
-        params.push(FilterParam::Text(value));
+        params.push(Param::Text(value));
         Ok(format!("{column} {op} ${}", params.len() + 1))
     };
     match term.field.as_str() {
@@ -1136,7 +1093,7 @@ fn deployment_term_sql(
                         ))
                     })?;
             let op = eq_op(term.op)?;
-            params.push(FilterParam::Int(state as i64));
+            params.push(Param::Int(state as i64));
             Ok(format!("state {op} ${}", params.len() + 1))
         }
         "version" => text("version", term.value.clone(), term.op),
@@ -1145,25 +1102,7 @@ fn deployment_term_sql(
         "rollback_of" => text("rollback_of", term.value.clone(), term.op),
         "promoted_from" => text("promoted_from", term.value.clone(), term.op),
         field @ ("create_time" | "start_time" | "end_time") => {
-            let op = match term.op {
-                Op::Lt => "<",
-                Op::Le => "<=",
-                Op::Gt => ">",
-                Op::Ge => ">=",
-                Op::Eq => "=",
-                Op::Ne => "<>",
-                Op::Has => return Err(bad(format!("`{field}` takes a comparison"))),
-            };
-            let ts: prost_types::Timestamp = term
-                .value
-                .parse()
-                .map_err(|_| bad(format!("`{field}` takes an RFC 3339 time in quotes")))?;
-            params.push(FilterParam::Int(
-                ts.seconds
-                    .saturating_mul(1_000_000)
-                    .saturating_add(i64::from(ts.nanos) / 1000),
-            ));
-            Ok(format!("{field}_us {op} ${}", params.len() + 1))
+            filter::time_term_sql(term, &format!("{field}_us"), params)
         }
         other => Err(bad(format!(
             "`{}` cannot be filtered on (fields: component, environment, state, version, commit_sha, requested_by, rollback_of, promoted_from, create_time, start_time, end_time)",

@@ -30,7 +30,7 @@ use crate::config::EngineConfig;
 use crate::context::CallContext;
 use crate::deployments::engine::{PURGE_AFTER_US, environment_note};
 use crate::error::{Error, FieldViolation, RpcResult, respond};
-use crate::filter::{self, Op};
+use crate::filter::{self, Op, Param, bind_params};
 use crate::idempotency;
 use crate::names::{self, parse_child_name, parse_tenant_name};
 use crate::pagination::{self, OrderKey};
@@ -517,14 +517,14 @@ impl EnvironmentService {
         let tenant = parse_tenant_name("parent", &req.parent)?;
         let page_size = pagination::page_size(req.page_size)?;
         let order = parse_order_by(&req.order_by)?;
-        let mut params: Vec<ListParam> = Vec::new();
+        let mut params: Vec<Param> = Vec::new();
         let mut where_sql = String::from(" WHERE e.tenant = $1");
         if !req.show_deleted {
-            params.push(ListParam::Int(i64::from(TERMINATED)));
+            params.push(Param::Int(i64::from(TERMINATED)));
             where_sql.push_str(&format!(" AND e.state <> ${}", params.len() + 1));
         }
         if let Some(expr) = filter::parse_expr(&req.filter)? {
-            let clause = filter_sql(&expr, &tenant, &mut params)?;
+            let clause = filter::expr_sql(&expr, &mut |term| term_sql(term, &tenant, &mut params))?;
             where_sql.push_str(" AND ");
             where_sql.push_str(&clause);
         }
@@ -545,48 +545,14 @@ impl EnvironmentService {
         .fetch_one(self.store.pool())
         .await?
         .try_get("n")?;
-        let key_columns: Vec<String> = order
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{} AS o{i}", k.column))
-            .collect();
-        let mut sql = format!(
-            "SELECT e.tenant, e.id, e.body, e.etag, e.log_seq, e.op_type, e.op_state, e.op_cancel, {} FROM environments e{where_sql}",
-            key_columns.join(", ")
+        let keyset = pagination::Keyset::new(&order, after.as_deref())?;
+        let sql = format!(
+            "SELECT e.tenant, e.id, e.body, e.etag, e.log_seq, e.op_type, e.op_state, e.op_cancel, {} FROM environments e{where_sql}{}{}",
+            keyset.select_columns(),
+            keyset.after_sql(params.len() + 2)?,
+            keyset.order_sql(page_size + 1),
         );
-        let mut after_values: Vec<String> = Vec::new();
-        if let Some(after) = &after {
-            after_values = serde_json::from_str(after)
-                .ok()
-                .filter(|v: &Vec<String>| v.len() == order.len())
-                .ok_or_else(|| {
-                    Error::invalid_argument("page_token", "not a page token of this query")
-                })?;
-            let first = params.len() + 2;
-            sql.push_str(&format!(
-                " AND {}",
-                pagination::keyset_after(&order, first, &after_values)?
-            ));
-        }
-        let order_sql: Vec<String> = order
-            .iter()
-            .map(|k| format!("{} {}", k.column, if k.desc { "DESC" } else { "ASC" }))
-            .collect();
-        sql.push_str(&format!(
-            " ORDER BY {} LIMIT {}",
-            order_sql.join(", "),
-            page_size + 1
-        ));
-        let mut query = bind_params(sqlx::query(&sql).bind(&tenant), &params);
-        for (k, value) in order.iter().zip(&after_values) {
-            query = if k.integer {
-                query.bind(value.parse::<i64>().map_err(|_| {
-                    Error::invalid_argument("page_token", "not a page token of this query")
-                })?)
-            } else {
-                query.bind(value.as_str())
-            };
-        }
+        let query = keyset.bind(bind_params(sqlx::query(&sql).bind(&tenant), &params))?;
         let rows = query.fetch_all(self.store.pool()).await?;
         let more = rows.len() as i64 > page_size;
         let mut environments = Vec::new();
@@ -594,23 +560,7 @@ impl EnvironmentService {
             environments.push(environment_from_row(row)?.body);
         }
         let next_page_token = match (more, rows.get(environments.len().wrapping_sub(1))) {
-            (true, Some(last)) => {
-                let values = order
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        let column = format!("o{i}");
-                        Ok(if k.integer {
-                            last.try_get::<i64, _>(column.as_str())?.to_string()
-                        } else {
-                            last.try_get::<String, _>(column.as_str())?
-                        })
-                    })
-                    .collect::<Result<Vec<String>, Error>>()?;
-                let json = serde_json::to_string(&values)
-                    .map_err(|e| Error::internal(format!("page token: {e}")))?;
-                pagination::encode_token(fingerprint, &json)
-            }
+            (true, Some(last)) => keyset.token(fingerprint, last)?,
             _ => String::new(),
         };
         Ok(pb::ListEnvironmentsResponse {
@@ -1382,110 +1332,26 @@ impl EnvironmentService {
 
 /// Parses ListEnvironments' `order_by`; `name` breaks ties.
 fn parse_order_by(text: &str) -> Result<Vec<OrderKey>, Error> {
-    let mut keys: Vec<OrderKey> = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let mut words = part.split_whitespace();
-        let field = words.next().unwrap_or_default();
-        let desc = match (words.next(), words.next()) {
-            (None, _) => false,
-            (Some(d), None) if d.eq_ignore_ascii_case("desc") => true,
-            (Some(a), None) if a.eq_ignore_ascii_case("asc") => false,
-            _ => {
-                return Err(Error::invalid_argument(
-                    "order_by",
-                    format!(
-                        "`{}` is not `field` or `field desc`",
-                        names::printable(part)
-                    ),
-                ));
-            }
-        };
-        let (column, integer) = match field {
-            "name" => ("e.id", false),
-            "create_time" => ("e.create_time_us", true),
-            // Environments that never expire sort after every expiring one.
-            "expire_time" => ("COALESCE(e.expire_time_us, 9223372036854775807)", true),
-            "display_name" => ("e.display_name", false),
-            other => {
-                return Err(Error::invalid_argument(
-                    "order_by",
-                    format!(
-                        "cannot sort by `{}` (fields: name, create_time, expire_time, display_name)",
-                        names::printable(other)
-                    ),
-                ));
-            }
-        };
-        if keys.iter().any(|k| k.column == column) {
-            return Err(Error::invalid_argument(
-                "order_by",
-                format!("`{field}` appears twice"),
-            ));
-        }
-        keys.push(OrderKey {
-            column,
-            desc,
-            integer,
-        });
-    }
-    if !keys.iter().any(|k| k.column == "e.id") {
-        keys.push(OrderKey {
-            column: "e.id",
-            desc: false,
-            integer: false,
-        });
-    }
-    Ok(keys)
+    const FIELDS: &[pagination::SortField] = &[
+        ("name", "e.id", false),
+        ("create_time", "e.create_time_us", true),
+        // Environments that never expire sort after every expiring one.
+        (
+            "expire_time",
+            "COALESCE(e.expire_time_us, 9223372036854775807)",
+            true,
+        ),
+        ("display_name", "e.display_name", false),
+    ];
+    pagination::parse_order_by(
+        text,
+        FIELDS,
+        "name, create_time, expire_time, display_name",
+        &["e.id"],
+    )
 }
 
-/// A bound value of a ListEnvironments query.
-enum ListParam {
-    Text(String),
-    Int(i64),
-}
-
-fn bind_params<'q>(
-    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    params: &'q [ListParam],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-    for p in params {
-        query = match p {
-            ListParam::Text(s) => query.bind(s.as_str()),
-            ListParam::Int(n) => query.bind(*n),
-        };
-    }
-    query
-}
-
-/// SQL for a ListEnvironments filter expression over `environments e`.
-fn filter_sql(
-    expr: &filter::Expr,
-    tenant: &str,
-    params: &mut Vec<ListParam>,
-) -> Result<String, Error> {
-    Ok(match expr {
-        filter::Expr::Term(term) => term_sql(term, tenant, params)?,
-        filter::Expr::Not(inner) => format!("(NOT {})", filter_sql(inner, tenant, params)?),
-        filter::Expr::And(parts) | filter::Expr::Or(parts) => {
-            let joiner = if matches!(expr, filter::Expr::And(_)) {
-                " AND "
-            } else {
-                " OR "
-            };
-            let sql = parts
-                .iter()
-                .map(|p| filter_sql(p, tenant, params))
-                .collect::<Result<Vec<_>, _>>()?;
-            format!("({})", sql.join(joiner))
-        }
-    })
-}
-
-fn term_sql(
-    term: &filter::Term,
-    tenant: &str,
-    params: &mut Vec<ListParam>,
-) -> Result<String, Error> {
+fn term_sql(term: &filter::Term, tenant: &str, params: &mut Vec<Param>) -> Result<String, Error> {
     let bad = |why: String| Error::invalid_argument("filter", why);
     let field = term.field.as_str();
     let eq_op = |op: Op| match op {
@@ -1497,14 +1363,14 @@ fn term_sql(
         ))),
     };
     let mut int = |column: &str, value: i64, op: &str| {
-        params.push(ListParam::Int(value));
+        params.push(Param::Int(value));
         format!("{column} {op} ${}", params.len() + 1)
     };
     if let Some(key) = field.strip_prefix("labels.") {
         let op = eq_op(term.op)?;
-        params.push(ListParam::Text(key.to_owned()));
+        params.push(Param::Text(key.to_owned()));
         let k = params.len() + 1;
-        params.push(ListParam::Text(term.value.clone()));
+        params.push(Param::Text(term.value.clone()));
         let v = params.len() + 1;
         let exists = format!(
             "EXISTS (SELECT 1 FROM environment_labels l WHERE l.tenant = e.tenant AND l.environment = e.id AND l.key = ${k} AND l.value = ${v})"
@@ -1556,28 +1422,11 @@ fn term_sql(
                 // Another tenant's environment is never a promotion target here.
                 if t == tenant { id } else { "/".into() }
             };
-            params.push(ListParam::Text(id));
+            params.push(Param::Text(id));
             Ok(format!("e.promotes_to {op} ${}", params.len() + 1))
         }
         "expire_time" | "create_time" => {
-            let op = match term.op {
-                Op::Lt => "<",
-                Op::Le => "<=",
-                Op::Gt => ">",
-                Op::Ge => ">=",
-                Op::Eq => "=",
-                Op::Ne => "<>",
-                Op::Has => return Err(bad(format!("`{field}` takes a comparison"))),
-            };
-            let ts: prost_types::Timestamp = term
-                .value
-                .parse()
-                .map_err(|_| bad(format!("`{field}` takes an RFC 3339 time in quotes")))?;
-            let us = ts
-                .seconds
-                .saturating_mul(1_000_000)
-                .saturating_add(i64::from(ts.nanos) / 1000);
-            Ok(int(&format!("e.{field}_us"), us, op))
+            filter::time_term_sql(term, &format!("e.{field}_us"), params)
         }
         other => Err(bad(format!(
             "`{}` cannot be filtered on (fields: type, state, promotes_to, labels.<key>, locked, expire_time, create_time)",

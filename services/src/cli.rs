@@ -30,6 +30,20 @@ enum Command {
     /// Operator tools for tokens, run on the server's data dir and database.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Operator tools for the secrets' key-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// List the key-encryption keys and how many data keys each wraps.
+    List(ServeArgs),
+    /// Generate a new key, put it first (primary) in the key file, and re-wrap every data key to
+    /// it. Running servers pick the new key up from the file; afterwards the old key can go.
+    Rotate(ServeArgs),
+    /// Re-wrap every data key to the current primary key (after adding a key by hand).
+    Rewrap(ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +89,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
             Command::Token(TokenCommand::Issue(args)) => token_issue(args).await,
+            Command::Keys(command) => keys(command).await,
         }
     })
 }
@@ -242,4 +257,121 @@ async fn token_issue(args: TokenIssueArgs) -> ExitCode {
     }
     println!("{token}");
     ExitCode::SUCCESS
+}
+
+async fn keys(command: KeysCommand) -> ExitCode {
+    let (args, verb) = match command {
+        KeysCommand::List(args) => (args, "list"),
+        KeysCommand::Rotate(args) => (args, "rotate"),
+        KeysCommand::Rewrap(args) => (args, "rewrap"),
+    };
+    let config = match args.resolve() {
+        Ok(config) => config,
+        Err(err) => return fail(err),
+    };
+    telemetry::init(config.log_format, "warn");
+    let settings = PoolSettings {
+        max_connections: Some(1),
+        acquire_timeout: config.db_acquire_timeout,
+    };
+    let store = match Store::connect(&config.database, &settings).await {
+        Ok(store) => store,
+        Err(err) => return fail(err),
+    };
+    if let Err(err) = store.migrate().await {
+        return fail(err);
+    }
+    let result = keys_run(&store, &config, verb).await;
+    store.close().await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => fail(err),
+    }
+}
+
+async fn keys_run(store: &Store, config: &crate::config::Config, verb: &str) -> Result<(), String> {
+    use crate::secrets::{self, Keyring, keyring};
+    let ring = Keyring::load(config.keys.clone()).map_err(|e| e.to_string())?;
+    if verb == "rotate" {
+        if ring.primary_is_explicit() {
+            return Err(
+                "the primary key is set with --secret-primary-key: add the new key to the key \
+                 file, make it primary, then run `platformd keys rewrap`"
+                    .into(),
+            );
+        }
+        let Some(path) = ring.key_file() else {
+            return Err(format!(
+                "the keys come from {} only: add a new key there first (first entry = primary), \
+                 then run `platformd keys rewrap`",
+                keyring::KEYS_ENV
+            ));
+        };
+        let old = std::fs::read_to_string(&path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let (id, line) = keyring::new_key_entry("key");
+        // The new key goes first: it becomes the primary for every server reading this file.
+        let contents = zeroize::Zeroizing::new(format!("{}\n{}", line.as_str(), old.as_str()));
+        keyring::write_key_file(&path, &contents)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        ring.reload().map_err(|e| e.to_string())?;
+        println!(
+            "added key-encryption key {id} to {} as the primary key",
+            path.display()
+        );
+    }
+    if verb == "rotate" || verb == "rewrap" {
+        let target = ring.primary_id();
+        let mut total = 0;
+        loop {
+            let (done, remaining) = secrets::data_keys_rewrap(store, &ring, &target, 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            total += done;
+            if remaining == 0 {
+                break;
+            }
+            if done == 0 {
+                return Err(format!(
+                    "{remaining} data keys could not be re-wrapped (another process changed them?); run again"
+                ));
+            }
+        }
+        let audit = crate::audit::AuditLog::new(store.clone());
+        let ctx = crate::context::CallContext::system(
+            &format!("platformd:keys-{verb}"),
+            "secrets.keys.rewrap",
+            None,
+            &format!("keyEncryptionKeys/{target}"),
+        );
+        let record = crate::audit::AuditRecord::of_call(
+            &ctx,
+            crate::audit::Outcome::Allowed,
+            tonic::Code::Ok,
+            &["key_encryption_key_id"],
+        );
+        audit.append_now(&record).await.map_err(|e| e.to_string())?;
+        println!("re-wrapped {total} data keys to {target}; every data key is now wrapped by it");
+    }
+    let counts = secrets::data_key_counts(store)
+        .await
+        .map_err(|e| e.to_string())?;
+    for key in ring.keys() {
+        println!(
+            "{}\t{}\t{:?}\t{} data keys",
+            key.id,
+            if key.primary {
+                "primary"
+            } else {
+                "decrypt-only"
+            },
+            key.source,
+            counts.get(&key.id).copied().unwrap_or_default()
+        );
+    }
+    for (id, n) in counts.iter().filter(|(id, _)| !ring.holds(id)) {
+        println!("{id}\tMISSING\t-\t{n} data keys");
+    }
+    Ok(())
 }

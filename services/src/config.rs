@@ -86,6 +86,14 @@ pub struct ServeArgs {
     /// renewal [default: 720, 30 days].
     #[arg(long, env = "PLATFORM_PREVIEW_MAX_TTL_HOURS")]
     pub preview_max_ttl_hours: Option<u64>,
+    /// File of key-encryption keys for secrets, `KEY_ID:BASE64_OF_32_BYTES` per line (the first
+    /// is primary). Keys may also come from the `PLATFORM_SECRET_KEYS` variable (same form).
+    /// Without either, a key file is generated in the data dir on first start (development).
+    #[arg(long, env = "PLATFORM_SECRET_KEYS_FILE")]
+    pub secret_keys_file: Option<PathBuf>,
+    /// The id of the key that wraps new data keys [default: the first key loaded].
+    #[arg(long, env = "PLATFORM_SECRET_PRIMARY_KEY")]
+    pub secret_primary_key: Option<String>,
 }
 
 /// The same settings as [`ServeArgs`], as read from the TOML file.
@@ -112,6 +120,8 @@ struct FileConfig {
     deploy_lease_secs: Option<u64>,
     deploy_max_attempts: Option<u32>,
     preview_max_ttl_hours: Option<u64>,
+    secret_keys_file: Option<PathBuf>,
+    secret_primary_key: Option<String>,
 }
 
 /// How log lines are written.
@@ -142,6 +152,8 @@ pub struct Config {
     /// shorten it).
     pub watch_recheck: Duration,
     pub engine: EngineConfig,
+    /// Where the secrets' key-encryption keys come from.
+    pub keys: crate::secrets::KeyringConfig,
 }
 
 /// The deployment engine's settings.
@@ -440,7 +452,21 @@ impl ServeArgs {
             engine.max_ttl = Duration::from_secs(hours * 3600);
         }
 
+        let keys = crate::secrets::KeyringConfig {
+            file: self.secret_keys_file.or(file.secret_keys_file),
+            primary: self.secret_primary_key.or(file.secret_primary_key),
+            data_dir: data_dir.clone(),
+        };
+        if let Some(id) = &keys.primary
+            && !crate::secrets::keyring::valid_key_id(id)
+        {
+            return Err(ConfigError::new(
+                "secret-primary-key",
+                "key ids are 1-64 characters of [A-Za-z0-9._-]",
+            ));
+        }
         Ok(Config {
+            keys,
             engine,
             watch_recheck: Duration::from_secs(60),
             auth,

@@ -67,6 +67,9 @@ pub enum Error {
     /// A dependency (usually the database) is temporarily unreachable; retrying may help.
     #[error("unavailable: {message}")]
     Unavailable { message: String },
+    /// Stored data is unreadable (e.g. a ciphertext that fails authenticated decryption).
+    #[error("data loss: {message}")]
+    DataLoss { message: String },
     /// A bug or an unexpected failure. `internal_message` is for logs only.
     #[error("internal error: {internal_message}")]
     Internal { internal_message: String },
@@ -111,6 +114,7 @@ impl Error {
             Error::OutOfRange { .. } => Code::OutOfRange,
             Error::Unimplemented { .. } => Code::Unimplemented,
             Error::Unavailable { .. } => Code::Unavailable,
+            Error::DataLoss { .. } => Code::DataLoss,
             Error::Internal { .. } => Code::Internal,
         }
     }
@@ -149,7 +153,8 @@ impl From<Error> for Status {
             | Error::ResourceExhausted { message }
             | Error::OutOfRange { message }
             | Error::Unimplemented { message }
-            | Error::Unavailable { message } => Status::new(code, message),
+            | Error::Unavailable { message }
+            | Error::DataLoss { message } => Status::new(code, message),
             Error::Internal { internal_message } => {
                 // The request span carries the request id, so this line and the client's report
                 // can be matched; the client learns nothing about the cause.

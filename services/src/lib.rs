@@ -25,6 +25,7 @@ pub mod limits;
 pub mod names;
 pub mod pagination;
 pub mod request_id;
+pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod telemetry;

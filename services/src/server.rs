@@ -62,6 +62,8 @@ pub enum StartError {
     Catalog(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("secrets: {0}")]
+    Secrets(String),
 }
 
 /// Why a running server stopped with an error.
@@ -79,6 +81,7 @@ pub struct App {
     health: HealthReporter,
     authenticator: Arc<Authenticator>,
     gate: Gate,
+    keyring: Arc<crate::secrets::Keyring>,
 }
 
 /// Where the first start writes the platform-admin credential.
@@ -136,6 +139,13 @@ impl App {
         let gate = Gate::new(authenticator.clone(), policy, audit.clone(), store.clone())
             .map_err(StartError::Policy)?;
         bootstrap(&config, &store, &audit, &authenticator).await?;
+        let keyring = Arc::new(
+            crate::secrets::Keyring::load(config.keys.clone())
+                .map_err(|e| StartError::Secrets(e.to_string()))?,
+        );
+        crate::secrets::keys_check_complete(&store, &keyring)
+            .await
+            .map_err(StartError::Secrets)?;
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = routes(health_service)?;
@@ -174,6 +184,7 @@ impl App {
             audit.clone(),
             config.engine.clone(),
             work.clone(),
+            keyring.clone(),
         ));
         engine.start();
         let deployments = crate::deployments::DeploymentService::new(
@@ -193,6 +204,8 @@ impl App {
             Some(watch_access.clone()),
         );
         environments.start_reaper();
+        let secrets =
+            crate::secrets::SecretService::new(store.clone(), audit.clone(), keyring.clone());
         let audit_service = AuditService::new(store.clone(), audit, Some(watch_access));
         routes = routes
             .add_service(
@@ -207,6 +220,10 @@ impl App {
             )
             .add_service(
                 platform_api::platform::environments::v1::environment_service_server::EnvironmentServiceServer::new(environments)
+                    .max_decoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                platform_api::platform::secrets::v1::secret_service_server::SecretServiceServer::new(secrets)
                     .max_decoding_message_size(config.max_message_bytes),
             )
             .add_service(
@@ -228,6 +245,7 @@ impl App {
             health,
             authenticator,
             gate,
+            keyring,
         })
     }
 
@@ -263,8 +281,9 @@ impl App {
             health,
             authenticator,
             gate,
+            keyring,
         } = self;
-        tokio::spawn(reload_on_sighup(authenticator));
+        tokio::spawn(reload_on_sighup(authenticator, keyring));
         let layers = tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(cors_layer(&config.cors_allowed_origins))
@@ -398,8 +417,11 @@ pub fn write_secret_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Reloads the identity provider's keys on SIGHUP.
-async fn reload_on_sighup(authenticator: Arc<Authenticator>) {
+/// Reloads the identity provider's keys and the secrets' key-encryption keys on SIGHUP.
+async fn reload_on_sighup(
+    authenticator: Arc<Authenticator>,
+    keyring: Arc<crate::secrets::Keyring>,
+) {
     #[cfg(unix)]
     {
         let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -414,10 +436,16 @@ async fn reload_on_sighup(authenticator: Arc<Authenticator>) {
                     warn!(error = %err, "SIGHUP: keeping the previous identity provider keys")
                 }
             }
+            match keyring.reload() {
+                Ok(()) => info!("SIGHUP: secret key-encryption keys reloaded"),
+                Err(err) => {
+                    warn!(error = %err, "SIGHUP: keeping the previous secret key-encryption keys")
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = authenticator;
+    let _ = (authenticator, keyring);
 }
 
 /// Marks the server (`""`) and every service of the contract with one status.

@@ -131,6 +131,9 @@ impl Store {
                         conn.execute("PRAGMA journal_mode = WAL").await?;
                         conn.execute("PRAGMA synchronous = NORMAL").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        // Deleted content (destroyed secret versions above all) is overwritten
+                        // with zeros instead of lingering in free pages of the file.
+                        conn.execute("PRAGMA secure_delete = ON").await?;
                         conn.execute(
                             format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis())
                                 .as_str(),

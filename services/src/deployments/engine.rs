@@ -30,6 +30,7 @@ use crate::config::EngineConfig;
 use crate::context::SYSTEM_PRINCIPAL;
 use crate::driver::{self, Driver, LogStream, StepKind, StepOutcome};
 use crate::error::Error;
+use crate::secrets::{Keyring, inject};
 use crate::store::{Store, WriteTx, now_micros};
 
 use super::{deployment_load, deployment_load_for_update, deployment_save};
@@ -68,6 +69,8 @@ pub struct Engine {
     instance: String,
     /// Cancellation switches of the deployments this process runs, by `{tenant}/{id}`.
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// Opens the secrets injected into steps.
+    keyring: Arc<Keyring>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -295,6 +298,18 @@ fn step_of(
     }
 }
 
+/// Hands opened secrets to a step: as environment variables (after the environment's
+/// `variables`, before the platform's facts, which no binding may name) and as the values its
+/// log masks.
+fn inject_into(command: &mut driver::CommandStep, injected: &[inject::Injected]) {
+    for secret in injected {
+        command
+            .env
+            .insert(secret.variable.clone(), secret.value.to_string());
+        command.secrets.push(secret.value.to_string());
+    }
+}
+
 /// An environment as the engine reads it.
 struct EnvRow {
     tenant: String,
@@ -367,7 +382,13 @@ enum Claimed {
 }
 
 impl Engine {
-    pub fn new(store: Store, audit: AuditLog, config: EngineConfig, work: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Store,
+        audit: AuditLog,
+        config: EngineConfig,
+        work: Arc<Notify>,
+        keyring: Arc<Keyring>,
+    ) -> Self {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "platformd".to_owned());
         Engine {
             store,
@@ -380,7 +401,39 @@ impl Engine {
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
             running: Mutex::new(HashMap::new()),
+            keyring,
         }
+    }
+
+    /// Resolves (audited) and opens the secrets bound to an environment for a provision or
+    /// teardown step. The inner `Err` is why the step cannot run.
+    async fn secrets_for_step(
+        &self,
+        tenant: &str,
+        env: &epb::Environment,
+        env_id: &str,
+    ) -> Result<Result<Vec<inject::Injected>, String>, Error> {
+        if env.secret_bindings.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        let mut tx = self.store.write_tx().await?;
+        let inputs = match inject::bindings_resolve(
+            &mut tx,
+            &self.audit,
+            tenant,
+            env_id,
+            &env.secret_bindings,
+            "platformd:environment-secret-injection",
+            &env.name,
+        )
+        .await?
+        {
+            Ok(inputs) => inputs,
+            Err(message) => return Ok(Err(message)),
+        };
+        tx.commit().await?;
+        self.audit.notify_committed();
+        Ok(inject::inputs_open(&self.store, &self.keyring, tenant, &inputs).await)
     }
 
     /// Starts the configured number of workers; they run for the life of the process.
@@ -700,22 +753,57 @@ impl Engine {
         // The snapshot is captured once, when the first attempt starts (rollbacks bring theirs).
         if d.body.snapshot.is_none() {
             let env = environment_load(&mut *tx, tenant, &d.environment_id).await?;
-            let (driver, variables) = match &env {
+            let (driver, variables, bindings) = match &env {
                 Some(env) => (
                     match env.body.driver.as_ref().and_then(|d| d.driver.as_ref()) {
                         Some(epb::driver::Driver::Command(_)) => "command",
                         _ => "noop",
                     },
                     env.body.variables.clone(),
+                    env.body.secret_bindings.clone(),
                 ),
-                None => ("noop", Default::default()),
+                None => ("noop", Default::default(), Default::default()),
+            };
+            // Each binding becomes one concrete version now; a rollback copies these.
+            let secrets = match inject::bindings_resolve(
+                &mut tx,
+                &self.audit,
+                tenant,
+                &d.environment_id,
+                &bindings,
+                "platformd:deployment-secret-injection",
+                &d.body.name,
+            )
+            .await?
+            {
+                Ok(secrets) => secrets,
+                Err(message) => {
+                    if let Some(last) = d.body.attempts.last_mut() {
+                        last.end_time = Some(timestamp(now));
+                    }
+                    transition(&mut d.body, FAILED, &message, now);
+                    d.body.result = Some(dpb::DriverResult {
+                        message: message.clone(),
+                        ..Default::default()
+                    });
+                    notes.push(format!("FAILED: {message}"));
+                    for note in notes {
+                        deployment_note(&mut tx, tenant, id, i64::from(d.body.attempt_count), note)
+                            .await?;
+                    }
+                    deployment_save(&mut tx, &mut d, Some(("", 0))).await?;
+                    tx.commit().await?;
+                    self.audit.notify_committed();
+                    self.work.notify_waiters();
+                    return Ok(false);
+                }
             };
             d.body.snapshot = Some(dpb::Snapshot {
                 version: d.body.version.clone(),
                 commit_sha: d.body.commit_sha.clone(),
                 driver: driver.to_owned(),
                 variables,
-                secrets: Vec::new(),
+                secrets,
                 capture_time: Some(timestamp(now)),
                 copied_from: String::new(),
             });
@@ -744,15 +832,24 @@ impl Engine {
         let (cancel_tx, cancel_rx) = watch::channel(d.cancel_requested);
         let key = format!("{tenant}/{id}");
         self.running.lock().insert(key.clone(), cancel_tx.clone());
-        let outcome = match env {
-            None => Some(StepOutcome {
+        let injected =
+            inject::inputs_open(&self.store, &self.keyring, tenant, &snapshot.secrets).await;
+        let outcome = match (env, injected) {
+            (_, Err(message)) => Some(StepOutcome {
+                exit_code: None,
+                signal: None,
+                timed_out: false,
+                cancelled: false,
+                message,
+            }),
+            (None, _) => Some(StepOutcome {
                 exit_code: None,
                 signal: None,
                 timed_out: false,
                 cancelled: false,
                 message: "its environment no longer exists".into(),
             }),
-            Some(mut env) => {
+            (Some(mut env), Ok(injected)) => {
                 // A rollback runs with the variables of the deployment it returns to.
                 env.body.variables = snapshot.variables.clone();
                 let facts: BTreeMap<String, String> = [
@@ -801,7 +898,8 @@ impl Engine {
                         cancelled: false,
                         message: "the environment's driver has no deploy step".into(),
                     }),
-                    Some((driver, command)) => {
+                    Some((driver, mut command)) => {
+                        inject_into(&mut command, &injected);
                         let target = LogTarget {
                             tenant: tenant.to_owned(),
                             id: id.to_owned(),
@@ -1129,15 +1227,28 @@ impl Engine {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
-        let outcome = match step_of(&env.body, kind, facts, self.config.max_line_bytes) {
-            None => Some(StepOutcome {
+        let step = step_of(&env.body, kind, facts, self.config.max_line_bytes);
+        let injected = match &step {
+            Some(_) => self.secrets_for_step(tenant, &env.body, id).await?,
+            None => Ok(Vec::new()),
+        };
+        let outcome = match (step, injected) {
+            (None, _) => Some(StepOutcome {
                 exit_code: None,
                 signal: None,
                 timed_out: false,
                 cancelled: false,
                 message: "skipped: the driver has no such step".into(),
             }),
-            Some((driver, command)) => {
+            (Some(_), Err(message)) => Some(StepOutcome {
+                exit_code: None,
+                signal: None,
+                timed_out: false,
+                cancelled: false,
+                message,
+            }),
+            (Some((driver, mut command)), Ok(injected)) => {
+                inject_into(&mut command, &injected);
                 let (cancel_tx, cancel_rx) = watch::channel(false);
                 let target = LogTarget {
                     tenant: tenant.to_owned(),

@@ -375,10 +375,10 @@ impl EnvironmentService {
         if let Some(driver) = &given.driver {
             validate::driver("environment.driver", driver, &mut violations);
         }
+        validate::secret_bindings(&tenant, &given.secret_bindings, &mut violations);
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
-        validate::secret_bindings(&given.secret_bindings)?;
         if given.driver.is_some() {
             self.require_driver_permission(ctx, &req.parent)?;
         }
@@ -462,6 +462,15 @@ impl EnvironmentService {
             }
             Self::promotes_to_check(&mut tx, &tenant, &req.environment_id, &body.promotes_to)
                 .await?;
+            crate::secrets::inject::bindings_check(
+                &mut tx,
+                &self.gate,
+                ctx,
+                &req.environment_id,
+                &body.secret_bindings,
+                &Default::default(),
+            )
+            .await?;
             if req.validate_only {
                 return Ok(body.clone());
             }
@@ -645,6 +654,10 @@ impl EnvironmentService {
         let now = now_micros();
         let mut violations = Vec::new();
         validate::settings(&given, &mut violations);
+        if fields.secret_bindings {
+            let tenant = names::tenant_of(&given.name).unwrap_or_default();
+            validate::secret_bindings(tenant, &given.secret_bindings, &mut violations);
+        }
         if fields.driver
             && let Some(driver) = &given.driver
         {
@@ -653,13 +666,11 @@ impl EnvironmentService {
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
-        if fields.secret_bindings {
-            validate::secret_bindings(&given.secret_bindings)?;
-        }
         if fields.driver {
             self.require_driver_permission(ctx, &given.name)?;
         }
         let max_ttl = self.config.max_ttl;
+        let (gate, caller) = (self.gate.clone(), ctx.clone());
         let changed: Vec<&str> = fields.names();
         let (name, etag) = (given.name.clone(), given.etag.clone());
         self.environment_mutate(
@@ -702,6 +713,15 @@ impl EnvironmentService {
                         b.variables = given.variables.clone();
                     }
                     if fields.secret_bindings {
+                        crate::secrets::inject::bindings_check(
+                            tx,
+                            &gate,
+                            &caller,
+                            &env.id,
+                            &given.secret_bindings,
+                            &b.secret_bindings,
+                        )
+                        .await?;
                         b.secret_bindings = given.secret_bindings.clone();
                     }
                     if fields.driver {

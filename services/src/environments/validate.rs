@@ -65,15 +65,22 @@ pub(super) fn settings(env: &pb::Environment, violations: &mut Vec<FieldViolatio
     }
 }
 
-/// Secret bindings need the secrets service, which this release does not have yet.
-pub(super) fn secret_bindings(bindings: &HashMap<String, String>) -> Result<(), Error> {
-    if bindings.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::unimplemented(
-            "environment.secret_bindings needs the secrets service, which this server version does not serve yet",
-        ))
+/// The form of secret bindings: variable names as for `variables`, each value a secret (or a
+/// numbered version) of `tenant`. Whether the secrets exist is checked in the write transaction.
+pub(super) fn secret_bindings(
+    tenant: &str,
+    bindings: &HashMap<String, String>,
+    violations: &mut Vec<FieldViolation>,
+) {
+    for key in bindings.keys() {
+        if !variable_name_ok(key) || key.starts_with("PLATFORM_") {
+            violations.push(FieldViolation::new(
+                format!("environment.secret_bindings[{}]", names::printable(key)),
+                "names match [A-Za-z_][A-Za-z0-9_]{0,127} and do not start with PLATFORM_",
+            ));
+        }
     }
+    crate::secrets::inject::bindings_validate(tenant, bindings, violations);
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]{0,127}`, not `PLATFORM_*`.

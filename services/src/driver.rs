@@ -125,13 +125,14 @@ impl StepOutcome {
         self.exit_code == Some(0) && !self.cancelled && !self.timed_out
     }
 
-    fn not_run(message: String) -> Self {
+    /// A step that never ran a program (no such step, an input that cannot be had, …).
+    pub fn not_run(message: impl Into<String>) -> Self {
         Self {
             exit_code: None,
             signal: None,
             timed_out: false,
             cancelled: false,
-            message,
+            message: message.into(),
         }
     }
 }

@@ -262,6 +262,30 @@ impl<'a> Keyset<'a> {
     }
 }
 
+impl Keyset<'_> {
+    /// Splits rows fetched with [`Keyset::order_sql`]`(page_size + 1)` into the page's items,
+    /// made by `item`, and the token of the next page (empty on the last).
+    pub fn page<T>(
+        &self,
+        fingerprint: [u8; 8],
+        rows: &[sqlx::any::AnyRow],
+        page_size: i64,
+        item: impl Fn(&sqlx::any::AnyRow) -> Result<T, Error>,
+    ) -> Result<(Vec<T>, String), Error> {
+        let take = usize::try_from(page_size).unwrap_or(usize::MAX);
+        let items = rows
+            .iter()
+            .take(take)
+            .map(item)
+            .collect::<Result<Vec<T>, Error>>()?;
+        let token = match rows.get(take) {
+            Some(_) => self.token(fingerprint, &rows[take - 1])?,
+            None => String::new(),
+        };
+        Ok((items, token))
+    }
+}
+
 /// Pages an in-memory, sorted list by key (for small collections such as roles).
 pub fn paginate<T>(
     items: Vec<T>,

@@ -287,6 +287,38 @@ fn sqlite_url(path: &Path) -> String {
 }
 
 /// Microseconds since the Unix epoch: how every timestamp is stored.
+/// Replaces the mirrored label rows of one resource (`{table}` keyed by tenant, `{owner_column}`,
+/// key) with `labels`, so `labels.<key>` filters can run in SQL. Table and column are ours, never
+/// caller input.
+pub async fn labels_replace(
+    tx: &mut WriteTx,
+    table: &'static str,
+    owner_column: &'static str,
+    tenant: &str,
+    owner: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> Result<(), Error> {
+    sqlx::query(&format!(
+        "DELETE FROM {table} WHERE tenant = $1 AND {owner_column} = $2"
+    ))
+    .bind(tenant)
+    .bind(owner)
+    .execute(&mut **tx)
+    .await?;
+    let insert =
+        format!("INSERT INTO {table} (tenant, {owner_column}, key, value) VALUES ($1, $2, $3, $4)");
+    for (key, value) in labels {
+        sqlx::query(&insert)
+            .bind(tenant)
+            .bind(owner)
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
 pub fn now_micros() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

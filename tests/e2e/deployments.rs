@@ -22,16 +22,16 @@ type Deployments =
 type Environments =
     epb::environment_service_client::EnvironmentServiceClient<tonic::transport::Channel>;
 
-fn deployments(client: &TestClient) -> Deployments {
+pub(crate) fn deployments(client: &TestClient) -> Deployments {
     Deployments::new(client.channel.clone())
 }
 
-fn environments(client: &TestClient) -> Environments {
+pub(crate) fn environments(client: &TestClient) -> Environments {
     Environments::new(client.channel.clone())
 }
 
 /// A `command` driver whose deploy step is a shell script.
-fn script(deploy: &str) -> epb::Driver {
+pub(crate) fn script(deploy: &str) -> epb::Driver {
     epb::Driver {
         driver: Some(epb::driver::Driver::Command(epb::CommandDriver {
             deploy: Some(epb::CommandStep {
@@ -44,7 +44,7 @@ fn script(deploy: &str) -> epb::Driver {
     }
 }
 
-async fn components(admin: &TestClient, names: &[&str]) {
+pub(crate) async fn components(admin: &TestClient, names: &[&str]) {
     let docs: String = names
         .iter()
         .map(|n| format!("---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: {n}\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n"))
@@ -62,7 +62,7 @@ async fn components(admin: &TestClient, names: &[&str]) {
     assert_eq!(imported.failed_count, 0);
 }
 
-async fn environment(
+pub(crate) async fn environment(
     client: &TestClient,
     id: &str,
     r#type: epb::EnvironmentType,
@@ -86,7 +86,7 @@ async fn environment(
         .into_inner()
 }
 
-async fn deploy(
+pub(crate) async fn deploy(
     client: &TestClient,
     component: &str,
     version: &str,
@@ -110,7 +110,7 @@ async fn deploy(
         .map(|r| r.into_inner())
 }
 
-fn terminal(d: &dpb::Deployment) -> bool {
+pub(crate) fn terminal(d: &dpb::Deployment) -> bool {
     matches!(
         dpb::DeploymentState::try_from(d.state),
         Ok(dpb::DeploymentState::Succeeded
@@ -119,7 +119,7 @@ fn terminal(d: &dpb::Deployment) -> bool {
     )
 }
 
-async fn get(client: &TestClient, name: &str) -> dpb::Deployment {
+pub(crate) async fn get(client: &TestClient, name: &str) -> dpb::Deployment {
     deployments(client)
         .get_deployment(client.req(dpb::GetDeploymentRequest { name: name.into() }))
         .await
@@ -128,7 +128,7 @@ async fn get(client: &TestClient, name: &str) -> dpb::Deployment {
 }
 
 /// Polls until the deployment satisfies `done` (generous deadline: the machine is shared).
-async fn wait_until(
+pub(crate) async fn wait_until(
     client: &TestClient,
     name: &str,
     done: impl Fn(&dpb::Deployment) -> bool,
@@ -147,7 +147,7 @@ async fn wait_until(
     }
 }
 
-async fn log_text(client: &TestClient, name: &str) -> Vec<String> {
+pub(crate) async fn log_text(client: &TestClient, name: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut token = String::new();
     loop {

@@ -815,8 +815,9 @@ storage_test!(
             },
         )
         .await
-        .expect_err("no secrets service yet");
-        assert_eq!(secrets.code(), Code::Unimplemented);
+        .expect_err("no such secret");
+        assert_eq!(secrets.code(), Code::InvalidArgument);
+        assert!(secrets.message().contains("does not exist"), "{secrets:?}");
 
         // validate_only writes nothing; a retried request_id creates once.
         let request_id = uuid::Uuid::new_v4().to_string();

@@ -12,4 +12,5 @@ mod environments;
 mod iam_audit;
 mod identity;
 mod process;
+mod secrets;
 mod storage;

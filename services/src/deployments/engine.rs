@@ -724,18 +724,8 @@ impl Engine {
                     "interrupted {} times; giving up",
                     d.body.interrupted_attempt_count
                 );
-                transition(&mut d.body, FAILED, &message, now);
-                d.body.result = Some(dpb::DriverResult {
-                    message: message.clone(),
-                    ..Default::default()
-                });
-                notes.push(format!("FAILED: {message}"));
-                for note in notes {
-                    deployment_note(&mut tx, tenant, id, i64::from(d.body.attempt_count), note)
-                        .await?;
-                }
-                deployment_save(&mut tx, &mut d, Some(("", 0))).await?;
-                tx.commit().await?;
+                self.claim_fail(tx, (tenant, id), &mut d, notes, message, now)
+                    .await?;
                 return Ok(false);
             }
         } else {
@@ -781,20 +771,8 @@ impl Engine {
                     if let Some(last) = d.body.attempts.last_mut() {
                         last.end_time = Some(timestamp(now));
                     }
-                    transition(&mut d.body, FAILED, &message, now);
-                    d.body.result = Some(dpb::DriverResult {
-                        message: message.clone(),
-                        ..Default::default()
-                    });
-                    notes.push(format!("FAILED: {message}"));
-                    for note in notes {
-                        deployment_note(&mut tx, tenant, id, i64::from(d.body.attempt_count), note)
-                            .await?;
-                    }
-                    deployment_save(&mut tx, &mut d, Some(("", 0))).await?;
-                    tx.commit().await?;
-                    self.audit.notify_committed();
-                    self.work.notify_waiters();
+                    self.claim_fail(tx, (tenant, id), &mut d, notes, message, now)
+                        .await?;
                     return Ok(false);
                 }
             };
@@ -821,6 +799,33 @@ impl Engine {
         Ok(true)
     }
 
+    /// Ends a claimed deployment FAILED before its step runs (too many interruptions, an input
+    /// that cannot be had), with its notes, and commits.
+    async fn claim_fail(
+        &self,
+        mut tx: WriteTx,
+        (tenant, id): (&str, &str),
+        d: &mut super::DeploymentRow,
+        mut notes: Vec<String>,
+        message: String,
+        now: i64,
+    ) -> Result<(), Error> {
+        transition(&mut d.body, FAILED, &message, now);
+        d.body.result = Some(dpb::DriverResult {
+            message: message.clone(),
+            ..Default::default()
+        });
+        notes.push(format!("FAILED: {message}"));
+        for note in notes {
+            deployment_note(&mut tx, tenant, id, i64::from(d.body.attempt_count), note).await?;
+        }
+        deployment_save(&mut tx, d, Some(("", 0))).await?;
+        tx.commit().await?;
+        self.audit.notify_committed();
+        self.work.notify_waiters(); // the lane's next deployment may start
+        Ok(())
+    }
+
     /// Runs the claimed deployment's current attempt to its end.
     async fn deployment_run(&self, worker: &str, tenant: &str, id: &str) -> Result<(), Error> {
         let Some(d) = deployment_load(self.store.pool(), tenant, id).await? else {
@@ -835,20 +840,8 @@ impl Engine {
         let injected =
             inject::inputs_open(&self.store, &self.keyring, tenant, &snapshot.secrets).await;
         let outcome = match (env, injected) {
-            (_, Err(message)) => Some(StepOutcome {
-                exit_code: None,
-                signal: None,
-                timed_out: false,
-                cancelled: false,
-                message,
-            }),
-            (None, _) => Some(StepOutcome {
-                exit_code: None,
-                signal: None,
-                timed_out: false,
-                cancelled: false,
-                message: "its environment no longer exists".into(),
-            }),
+            (_, Err(message)) => Some(StepOutcome::not_run(message)),
+            (None, _) => Some(StepOutcome::not_run("its environment no longer exists")),
             (Some(mut env), Ok(injected)) => {
                 // A rollback runs with the variables of the deployment it returns to.
                 env.body.variables = snapshot.variables.clone();
@@ -891,13 +884,9 @@ impl Engine {
                     facts,
                     self.config.max_line_bytes,
                 ) {
-                    None => Some(StepOutcome {
-                        exit_code: None,
-                        signal: None,
-                        timed_out: false,
-                        cancelled: false,
-                        message: "the environment's driver has no deploy step".into(),
-                    }),
+                    None => Some(StepOutcome::not_run(
+                        "the environment's driver has no deploy step",
+                    )),
                     Some((driver, mut command)) => {
                         inject_into(&mut command, &injected);
                         let target = LogTarget {
@@ -1233,20 +1222,8 @@ impl Engine {
             None => Ok(Vec::new()),
         };
         let outcome = match (step, injected) {
-            (None, _) => Some(StepOutcome {
-                exit_code: None,
-                signal: None,
-                timed_out: false,
-                cancelled: false,
-                message: "skipped: the driver has no such step".into(),
-            }),
-            (Some(_), Err(message)) => Some(StepOutcome {
-                exit_code: None,
-                signal: None,
-                timed_out: false,
-                cancelled: false,
-                message,
-            }),
+            (None, _) => Some(StepOutcome::not_run("skipped: the driver has no such step")),
+            (Some(_), Err(message)) => Some(StepOutcome::not_run(message)),
             (Some((driver, mut command)), Ok(injected)) => {
                 inject_into(&mut command, &injected);
                 let (cancel_tx, cancel_rx) = watch::channel(false);

@@ -198,23 +198,15 @@ async fn environment_write(
         .bind(&env.id)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("DELETE FROM environment_labels WHERE tenant = $1 AND environment = $2")
-        .bind(&env.tenant)
-        .bind(&env.id)
-        .execute(&mut **tx)
-        .await?;
-    for (key, value) in &env.body.labels {
-        sqlx::query(
-            "INSERT INTO environment_labels (tenant, environment, key, value) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(&env.tenant)
-        .bind(&env.id)
-        .bind(key)
-        .bind(value)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
+    crate::store::labels_replace(
+        tx,
+        "environment_labels",
+        "environment",
+        &env.tenant,
+        &env.id,
+        &env.body.labels,
+    )
+    .await
 }
 
 /// The call a mutation of one environment comes from.
@@ -563,15 +555,10 @@ impl EnvironmentService {
         );
         let query = keyset.bind(bind_params(sqlx::query(&sql).bind(&tenant), &params))?;
         let rows = query.fetch_all(self.store.pool()).await?;
-        let more = rows.len() as i64 > page_size;
-        let mut environments = Vec::new();
-        for row in rows.iter().take(page_size as usize) {
-            environments.push(environment_from_row(row)?.body);
-        }
-        let next_page_token = match (more, rows.get(environments.len().wrapping_sub(1))) {
-            (true, Some(last)) => keyset.token(fingerprint, last)?,
-            _ => String::new(),
-        };
+        let (environments, next_page_token) =
+            keyset.page(fingerprint, &rows, page_size, |row| {
+                environment_from_row(row).map(|e| e.body)
+            })?;
         Ok(pb::ListEnvironmentsResponse {
             environments,
             next_page_token,

@@ -180,22 +180,15 @@ async fn secret_write(
         .execute(&mut **tx)
         .await?;
     if labels {
-        sqlx::query("DELETE FROM secret_labels WHERE tenant = $1 AND secret = $2")
-            .bind(&secret.tenant)
-            .bind(&secret.id)
-            .execute(&mut **tx)
-            .await?;
-        for (key, value) in &secret.body.labels {
-            sqlx::query(
-                "INSERT INTO secret_labels (tenant, secret, key, value) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&secret.tenant)
-            .bind(&secret.id)
-            .bind(key)
-            .bind(value)
-            .execute(&mut **tx)
-            .await?;
-        }
+        crate::store::labels_replace(
+            tx,
+            "secret_labels",
+            "secret",
+            &secret.tenant,
+            &secret.id,
+            &secret.body.labels,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -722,15 +715,9 @@ impl SecretService {
             .bind(bind_params(sqlx::query(&sql).bind(&tenant), &params))?
             .fetch_all(self.store.pool())
             .await?;
-        let more = rows.len() as i64 > page_size;
-        let mut secrets = Vec::new();
-        for row in rows.iter().take(page_size as usize) {
-            secrets.push(secret_from_row(row)?.body);
-        }
-        let next_page_token = match (more, rows.get(secrets.len().wrapping_sub(1))) {
-            (true, Some(last)) => keyset.token(fingerprint, last)?,
-            _ => String::new(),
-        };
+        let (secrets, next_page_token) = keyset.page(fingerprint, &rows, page_size, |row| {
+            secret_from_row(row).map(|s| s.body)
+        })?;
         Ok(pb::ListSecretsResponse {
             secrets,
             next_page_token,
@@ -1065,15 +1052,8 @@ impl SecretService {
             .bind(bind_params(sqlx::query(&sql).bind(&tenant), &params))?
             .fetch_all(self.store.pool())
             .await?;
-        let more = rows.len() as i64 > page_size;
-        let mut versions = Vec::new();
-        for row in rows.iter().take(page_size as usize) {
-            versions.push(version_from_row(row)?);
-        }
-        let next_page_token = match (more, rows.get(versions.len().wrapping_sub(1))) {
-            (true, Some(last)) => keyset.token(fingerprint, last)?,
-            _ => String::new(),
-        };
+        let (versions, next_page_token) =
+            keyset.page(fingerprint, &rows, page_size, version_from_row)?;
         Ok(pb::ListSecretVersionsResponse {
             versions,
             next_page_token,
@@ -1424,7 +1404,7 @@ fn secret_term_sql(
                 let p = params.len() + 1;
                 params.push(Param::Int(stem.len() as i64));
                 let n = params.len() + 1;
-                let sql = format!("SUBSTR(s.id, 1, ${n}) = ${p}");
+                let sql = format!("SUBSTR(s.id, 1, CAST(${n} AS INTEGER)) = ${p}");
                 return Ok(if op == "=" {
                     sql
                 } else {

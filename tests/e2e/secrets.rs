@@ -1165,3 +1165,75 @@ storage_test!(
         assert!(!stderr.contains(other.split(':').nth(1).expect("material")));
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_from_the_environment_variable() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let keys = format!("{},{}", key_line("env-a", 3), key_line("env-b", 4));
+    let server =
+        ServerProcess::start_with_env(&db, &[], &[("PLATFORM_SECRET_KEYS", keys.as_str())]).await;
+    let admin = server
+        .client()
+        .await
+        .with_token(&read_bootstrap_token(db.data_dir.path()));
+    create_tenant(&admin, "acme").await;
+    create_secret(&admin, "db", "").await;
+    let v = add(&admin, "db", b"from-env-keys", None)
+        .await
+        .expect("add");
+    assert_eq!(
+        v.key_encryption_key_id, "env-a",
+        "the first key is the primary"
+    );
+    assert_eq!(
+        access(&admin, &v.name).await.expect("access").data,
+        b"from-env-keys"
+    );
+    let listed = secrets(&admin)
+        .list_key_encryption_keys(admin.req(spb::ListKeyEncryptionKeysRequest::default()))
+        .await
+        .expect("keys")
+        .into_inner();
+    let summary: Vec<(String, i32, i32, i64)> = listed
+        .key_encryption_keys
+        .iter()
+        .map(|k| {
+            (
+                k.key_id.clone(),
+                k.state,
+                k.source,
+                k.wrapped_data_key_count,
+            )
+        })
+        .collect();
+    let env = spb::KeyEncryptionKeySource::Environment as i32;
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "env-a".into(),
+                spb::KeyEncryptionKeyState::Primary as i32,
+                env,
+                1
+            ),
+            (
+                "env-b".into(),
+                spb::KeyEncryptionKeyState::DecryptOnly as i32,
+                env,
+                0
+            ),
+        ]
+    );
+    assert!(
+        !db.data_dir
+            .path()
+            .join(platformd::secrets::keyring::GENERATED_KEY_FILE)
+            .exists(),
+        "no development key is generated when keys are configured"
+    );
+    let log = server.log_lines().join("\n");
+    assert!(
+        !log.contains(&key_line("env-a", 3)[6..]),
+        "key material logged"
+    );
+}

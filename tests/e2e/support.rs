@@ -438,6 +438,15 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `platformd serve` on a free port and waits until it is SERVING.
     pub async fn start(db: &TestDb, extra_args: &[&str]) -> ServerProcess {
+        Self::start_with_env(db, extra_args, &[]).await
+    }
+
+    /// As [`ServerProcess::start`], with extra environment variables for the process.
+    pub async fn start_with_env(
+        db: &TestDb,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
         let mut child = Command::new(platformd_bin())
             .arg("serve")
             .arg("--listen=127.0.0.1:0")
@@ -448,6 +457,7 @@ impl ServerProcess {
             .arg("--log-format=json")
             .arg("--log-level=info")
             .args(extra_args)
+            .envs(env.iter().copied())
             .env_remove("PLATFORM_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

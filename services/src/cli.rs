@@ -130,11 +130,8 @@ async fn migrate(args: ServeArgs) -> ExitCode {
     {
         return fail(format!("cannot create {}: {err}", parent.display()));
     }
-    let settings = PoolSettings {
-        max_connections: Some(1),
-        acquire_timeout: config.db_acquire_timeout,
-    };
-    let store = match Store::connect(&config.database, &settings).await {
+    let store = match Store::connect(&config.database, &PoolSettings::one_connection(&config)).await
+    {
         Ok(store) => store,
         Err(err) => return fail(err),
     };
@@ -203,11 +200,8 @@ async fn token_issue(args: TokenIssueArgs) -> ExitCode {
         (Some(role), Some(_)) => return fail(format!("unknown built-in role `{role}`")),
         (Some(_), None) => return fail("a tenant role needs --tenant"),
     }
-    let settings = PoolSettings {
-        max_connections: Some(1),
-        acquire_timeout: config.db_acquire_timeout,
-    };
-    let store = match Store::connect(&config.database, &settings).await {
+    let store = match Store::connect(&config.database, &PoolSettings::one_connection(&config)).await
+    {
         Ok(store) => store,
         Err(err) => return fail(err),
     };
@@ -270,11 +264,8 @@ async fn keys(command: KeysCommand) -> ExitCode {
         Err(err) => return fail(err),
     };
     telemetry::init(config.log_format, "warn");
-    let settings = PoolSettings {
-        max_connections: Some(1),
-        acquire_timeout: config.db_acquire_timeout,
-    };
-    let store = match Store::connect(&config.database, &settings).await {
+    let store = match Store::connect(&config.database, &PoolSettings::one_connection(&config)).await
+    {
         Ok(store) => store,
         Err(err) => return fail(err),
     };

@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// Seconds to wait for a free database connection before failing with UNAVAILABLE [default: 5].
     #[arg(long, env = "PLATFORM_DB_ACQUIRE_TIMEOUT_SECS")]
     pub db_acquire_timeout_secs: Option<u64>,
+    /// PostgreSQL: seconds one statement may run before the server cancels it (the call fails
+    /// with UNAVAILABLE and its transaction rolls back); 0 = no limit [default: 30].
+    #[arg(long, env = "PLATFORM_DB_STATEMENT_TIMEOUT_SECS")]
+    pub db_statement_timeout_secs: Option<u64>,
     /// Browser origins allowed to call over gRPC-Web (comma-separated); `*` allows any
     /// [default: *]. Credentials are bearer tokens, never cookies, so `*` is not a CSRF risk.
     #[arg(long, env = "PLATFORM_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -110,6 +114,7 @@ struct FileConfig {
     max_concurrent_requests: Option<usize>,
     db_max_connections: Option<u32>,
     db_acquire_timeout_secs: Option<u64>,
+    db_statement_timeout_secs: Option<u64>,
     cors_allowed_origins: Option<Vec<String>>,
     jwks_file: Option<PathBuf>,
     jwt_issuers: Option<Vec<String>>,
@@ -146,6 +151,8 @@ pub struct Config {
     pub max_concurrent_requests: usize,
     pub db_max_connections: Option<u32>,
     pub db_acquire_timeout: Duration,
+    /// PostgreSQL `statement_timeout`; `None` leaves the server's default.
+    pub db_statement_timeout: Option<Duration>,
     pub cors_allowed_origins: Vec<String>,
     pub auth: crate::auth::AuthConfig,
     /// How often an open audit Watch re-checks its caller's token and permission (60 s; tests
@@ -489,6 +496,14 @@ impl ServeArgs {
                     .unwrap_or(5)
                     .max(1),
             ),
+            db_statement_timeout: match self
+                .db_statement_timeout_secs
+                .or(file.db_statement_timeout_secs)
+                .unwrap_or(30)
+            {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             cors_allowed_origins: self
                 .cors_allowed_origins
                 .or(file.cors_allowed_origins)

@@ -184,6 +184,19 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolClosed => Error::Unavailable {
                 message: "the server is shutting down".to_owned(),
             },
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // PostgreSQL: statement_timeout (or a cancel) stopped the statement.
+                Some("57014") => Error::Unavailable {
+                    message: "the database took too long; retry with backoff".to_owned(),
+                },
+                // PostgreSQL: a serialization failure or a deadlock with a concurrent
+                // transaction (another replica, say); nothing was written.
+                Some("40001" | "40P01") => Error::Aborted {
+                    message: "conflict with a concurrent change; nothing was written, retry"
+                        .to_owned(),
+                },
+                _ => Error::internal(format!("database: {db}")),
+            },
             other => Error::internal(format!("database: {other}")),
         }
     }

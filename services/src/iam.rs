@@ -291,7 +291,9 @@ impl PolicySync {
         Ok(true)
     }
 
-    /// Runs [`PolicySync::poll_once`] every `interval` until the process ends.
+    /// Runs [`PolicySync::poll_once`] every `interval` until the process ends — and, on
+    /// PostgreSQL, at once whenever another replica's policy change commits (LISTEN on
+    /// [`POLICY_CHANNEL`]); the timer stays as the safety net for a lost connection.
     pub async fn run(
         self: Arc<Self>,
         store: Store,
@@ -299,8 +301,27 @@ impl PolicySync {
         authenticator: Arc<Authenticator>,
         interval: Duration,
     ) {
+        let mut listener = None;
         loop {
-            tokio::time::sleep(interval).await;
+            if listener.is_none()
+                && let Some(url) = store.postgres_url()
+            {
+                listener = policy_listener(url).await;
+            }
+            match &mut listener {
+                Some(l) => {
+                    tokio::select! {
+                        received = l.recv() => {
+                            if let Err(err) = received {
+                                tracing::warn!(error = %err, "policy notifications lost; polling until reconnected");
+                                listener = None;
+                            }
+                        }
+                        () = tokio::time::sleep(interval) => {}
+                    }
+                }
+                None => tokio::time::sleep(interval).await,
+            }
             if store.pool().is_closed() {
                 return; // shutting down
             }
@@ -311,6 +332,27 @@ impl PolicySync {
                     tracing::warn!(error = %err, "policy poll failed; keeping the current policy")
                 }
             }
+        }
+    }
+}
+
+/// The PostgreSQL channel a policy change is announced on (in the changing transaction, so the
+/// notification arrives only once the change is committed).
+pub const POLICY_CHANNEL: &str = "platform_policy";
+
+async fn policy_listener(url: &str) -> Option<sqlx::postgres::PgListener> {
+    let mut listener = match sqlx::postgres::PgListener::connect(url).await {
+        Ok(l) => l,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot LISTEN for policy changes; polling");
+            return None;
+        }
+    };
+    match listener.listen(POLICY_CHANNEL).await {
+        Ok(()) => Some(listener),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot LISTEN for policy changes; polling");
+            None
         }
     }
 }
@@ -353,6 +395,17 @@ impl IamService {
             )
             .fetch_one(&mut *tx)
             .await;
+            let bumped = match (bumped, self.store.engine()) {
+                (Ok(version), crate::store::Engine::Postgres) => {
+                    sqlx::query("SELECT pg_notify($1, $2)")
+                        .bind(POLICY_CHANNEL)
+                        .bind(version.to_string())
+                        .execute(&mut *tx)
+                        .await
+                        .map(|_| version)
+                }
+                (other, _) => other,
+            };
             match bumped {
                 Ok(version) => self.sync.note_local(version),
                 Err(err) => {

@@ -93,15 +93,9 @@ impl App {
     /// Prepares the data directory, opens and migrates the store, and binds the listen address.
     pub async fn build(config: Config) -> Result<App, StartError> {
         prepare_data_dir(&config.data_dir)?;
-        let store = Store::connect(
-            &config.database,
-            &PoolSettings {
-                max_connections: config.db_max_connections,
-                acquire_timeout: config.db_acquire_timeout,
-            },
-        )
-        .await?;
+        let store = Store::connect(&config.database, &PoolSettings::of(&config)).await?;
         let report = store.migrate().await?;
+        store.start_checkpointer(Duration::from_millis(500));
         info!(
             database = %store.describe(),
             applied = ?report.applied,

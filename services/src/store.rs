@@ -40,6 +40,27 @@ pub enum Engine {
 pub struct PoolSettings {
     pub max_connections: Option<u32>,
     pub acquire_timeout: Duration,
+    /// PostgreSQL only: `statement_timeout` of every connection (`None`: the server's default).
+    pub statement_timeout: Option<Duration>,
+}
+
+impl PoolSettings {
+    /// The pool of the server, as configured.
+    pub fn of(config: &crate::config::Config) -> Self {
+        PoolSettings {
+            max_connections: config.db_max_connections,
+            acquire_timeout: config.db_acquire_timeout,
+            statement_timeout: config.db_statement_timeout,
+        }
+    }
+
+    /// One connection, for the one-shot operator commands.
+    pub fn one_connection(config: &crate::config::Config) -> Self {
+        PoolSettings {
+            max_connections: Some(1),
+            ..Self::of(config)
+        }
+    }
 }
 
 /// A transaction that may write; commit it or it rolls back when dropped. It dereferences to
@@ -81,6 +102,10 @@ pub struct Store {
     /// latency spikes of tens of milliseconds. Other processes on the same file still meet the
     /// busy timeout.
     write_turn: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The PostgreSQL URL, for connections outside the pool (LISTEN).
+    postgres_url: Option<String>,
+    /// This process among the replicas sharing the database (task lease owner).
+    instance: std::sync::Arc<str>,
 }
 
 /// Why the store could not be opened at start-up.
@@ -119,12 +144,19 @@ impl Store {
             url: format!("{database:?}"),
             source,
         };
+        let statement_timeout = settings.statement_timeout;
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections.unwrap_or(default_max))
             .min_connections(1)
             .acquire_timeout(settings.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
+                    if let (Engine::Postgres, Some(timeout)) = (engine, statement_timeout) {
+                        conn.execute(
+                            format!("SET statement_timeout = {}", timeout.as_millis()).as_str(),
+                        )
+                        .await?;
+                    }
                     if engine == Engine::Sqlite {
                         // WAL lets readers run beside the one writer; NORMAL sync is durable in
                         // WAL mode except for the last transactions on power loss, not on a crash.
@@ -134,6 +166,12 @@ impl Store {
                         // Deleted content (destroyed secret versions above all) is overwritten
                         // with zeros instead of lingering in free pages of the file.
                         conn.execute("PRAGMA secure_delete = ON").await?;
+                        // Checkpoints run in the background (`Store::start_checkpointer`), not
+                        // inside whichever commit crosses the WAL threshold: a checkpoint
+                        // fsyncs, and a request must not wait for it. The last connection to
+                        // close still checkpoints (SQLite does that by itself), so one-shot
+                        // commands leave no WAL behind.
+                        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
                         conn.execute(
                             format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis())
                                 .as_str(),
@@ -150,6 +188,11 @@ impl Store {
             pool,
             engine,
             write_turn: Default::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string().into(),
+            postgres_url: match database {
+                DatabaseUrl::Postgres(url) => Some(url.clone()),
+                DatabaseUrl::Sqlite(_) => None,
+            },
         })
     }
 
@@ -216,9 +259,66 @@ impl Store {
             })
     }
 
+    /// On SQLite, copies the WAL into the database file in the background every `every`
+    /// (PASSIVE: writers and readers go on meanwhile). No-op on PostgreSQL.
+    pub fn start_checkpointer(&self, every: std::time::Duration) {
+        if self.engine != Engine::Sqlite {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if pool.is_closed() {
+                    return;
+                }
+                if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_optional(&pool)
+                    .await
+                {
+                    tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
+                }
+            }
+        });
+    }
+
     /// Waits for connections in use to be returned, then closes them (used at shutdown).
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Takes or renews the lease of background task `name` for `ttl`; true when this process
+    /// holds it now (it ran the task last, or the holder stopped renewing). Replicas call it
+    /// before each pass of a task, so the task runs on one of them at a time.
+    pub async fn task_lease(&self, name: &str, ttl: Duration) -> Result<bool, Error> {
+        let now = now_micros();
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO task_leases (name, owner, expires_us) VALUES ($1, '', 0) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        let held = sqlx::query(
+            "UPDATE task_leases SET owner = $1, expires_us = $2 WHERE name = $3 AND (owner = $1 OR expires_us < $4)",
+        )
+        .bind(&*self.instance)
+        .bind(now.saturating_add(i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX)))
+        .bind(name)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        tx.commit().await?;
+        Ok(held)
+    }
+
+    /// The PostgreSQL URL this store connects to (`None` on SQLite).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.postgres_url.as_deref()
     }
 
     /// The database for log lines, with any password hidden.

@@ -12,5 +12,6 @@ mod environments;
 mod iam_audit;
 mod identity;
 mod process;
+mod replicas;
 mod secrets;
 mod storage;

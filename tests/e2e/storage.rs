@@ -10,6 +10,7 @@ fn pool_settings() -> PoolSettings {
     PoolSettings {
         max_connections: Some(8),
         acquire_timeout: std::time::Duration::from_secs(10),
+        statement_timeout: None,
     }
 }
 

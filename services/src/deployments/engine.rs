@@ -7,7 +7,8 @@
 //! lease runs out and any worker (after a restart, or on another replica) takes the work over as
 //! a new attempt, marking the interrupted one. Claims are compare-and-set on the row (state and
 //! lease as read), so two workers never both win one item, on SQLite or on PostgreSQL, and no
-//! lock is held while a driver runs.
+//! lock is held while a driver runs. On PostgreSQL a claim first takes the row with `FOR UPDATE
+//! SKIP LOCKED`, so replicas racing for the queue skip each other's rows instead of waiting.
 //!
 //! Order and exclusivity: a queued deployment is claimable only when no deployment of the same
 //! (component, environment) is RUNNING and none older is still QUEUED, so each lane runs one at a
@@ -31,7 +32,7 @@ use crate::context::SYSTEM_PRINCIPAL;
 use crate::driver::{self, Driver, LogStream, StepKind, StepOutcome};
 use crate::error::Error;
 use crate::secrets::{Keyring, inject};
-use crate::store::{Store, WriteTx, now_micros};
+use crate::store::{self, Store, WriteTx, now_micros};
 
 use super::{deployment_load, deployment_load_for_update, deployment_save};
 
@@ -674,6 +675,12 @@ impl Engine {
         seen_lease: i64,
     ) -> Result<bool, Error> {
         let mut tx = self.store.write_tx().await?;
+        if !self
+            .lock_or_skip(&mut tx, "deployments", tenant, id)
+            .await?
+        {
+            return Ok(false);
+        }
         let now = now_micros();
         let lease_until = now + self.config.lease.as_micros() as i64;
         let won = sqlx::query(
@@ -797,6 +804,30 @@ impl Engine {
         tx.commit().await?;
         self.audit.notify_committed();
         Ok(true)
+    }
+
+    /// On PostgreSQL, locks the row a claim is about to take, or reports at once that another
+    /// replica's claim holds it (`FOR UPDATE SKIP LOCKED`), so workers of several replicas
+    /// spread over the queue instead of queueing on one row's lock. The claim's compare-and-set
+    /// then decides as on SQLite, where one writer at a time makes this unnecessary.
+    async fn lock_or_skip(
+        &self,
+        tx: &mut WriteTx,
+        table: &'static str,
+        tenant: &str,
+        id: &str,
+    ) -> Result<bool, Error> {
+        if self.store.engine() != store::Engine::Postgres {
+            return Ok(true);
+        }
+        let free: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT id FROM {table} WHERE tenant = $1 AND id = $2 FOR UPDATE SKIP LOCKED"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(free.is_some())
     }
 
     /// Ends a claimed deployment FAILED before its step runs (too many interruptions, an input
@@ -1117,6 +1148,12 @@ impl Engine {
             let op_state: i64 = row.try_get("op_state")?;
             let lease: i64 = row.try_get("lease_expires_us")?;
             let mut tx = self.store.write_tx().await?;
+            if !self
+                .lock_or_skip(&mut tx, "environments", &tenant, &id)
+                .await?
+            {
+                continue;
+            }
             let until = now + self.config.lease.as_micros() as i64;
             let won = sqlx::query(
                 "UPDATE environments SET op_state = $1, lease_owner = $2, lease_expires_us = $3 \

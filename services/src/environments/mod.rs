@@ -1239,13 +1239,23 @@ impl EnvironmentService {
 
     /// Starts the background task that terminates expired preview environments (as
     /// `system:platformd`, audited, like a forced delete) and purges TERMINATED records past
-    /// their purge time. Every replica runs it; each termination re-checks the row under its
-    /// lock, so an environment is terminated once however many replicas see it expire.
+    /// their purge time. It runs on one replica at a time (the holder of the `environment-reaper`
+    /// task lease, taken over by another when it stops renewing), and each termination
+    /// re-checks the row under its lock besides.
     pub fn start_reaper(&self) {
         let service = self.clone();
         tokio::spawn(async move {
+            let ttl = service.config.reaper_interval * 3;
             loop {
                 tokio::time::sleep(service.config.reaper_interval).await;
+                match service.store.task_lease("environment-reaper", ttl).await {
+                    Ok(true) => {}
+                    Ok(false) => continue, // another replica reaps
+                    Err(err) => {
+                        tracing::warn!(error = %err, "the reaper's lease could not be taken; retrying");
+                        continue;
+                    }
+                }
                 if let Err(err) = service.reap_once().await {
                     tracing::warn!(error = %err, "the preview-environment reaper failed; it will retry");
                 }

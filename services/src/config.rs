@@ -546,6 +546,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_replica_example_is_a_valid_configuration() {
+        let text = include_str!("../../examples/replica.toml");
+        let file: FileConfig = toml::from_str(text).expect("every key is a known setting");
+        assert_eq!(file.db_statement_timeout_secs, Some(30));
+        assert!(file.database.is_some_and(|d| d.starts_with("postgres://")));
+        assert!(file.secret_keys_file.is_some());
+    }
+
+    #[test]
     fn flags_win_over_file_and_file_over_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("platform.toml");

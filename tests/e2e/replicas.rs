@@ -303,4 +303,26 @@ async fn concurrent_writers_on_two_replicas_keep_one_audit_chain() {
         .expect("list")
         .into_inner();
     assert_eq!(listed.total_size, 160);
+
+    // A request id retried against the other replica returns the first result.
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut uids = Vec::new();
+    for client in [&a, &b] {
+        let env = environments(client)
+            .create_environment(client.req(epb::CreateEnvironmentRequest {
+                parent: "tenants/acme".into(),
+                environment_id: "retried".into(),
+                environment: Some(epb::Environment {
+                    r#type: epb::EnvironmentType::Development as i32,
+                    ..Default::default()
+                }),
+                request_id: request_id.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("first call and its retry both succeed")
+            .into_inner();
+        uids.push(env.uid);
+    }
+    assert_eq!(uids[0], uids[1]);
 }

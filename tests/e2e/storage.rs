@@ -144,3 +144,45 @@ storage_test!(
         store.close().await;
     }
 );
+
+storage_test!(
+    a_task_lease_has_one_holder_until_it_lapses,
+    |backend: Backend| async move {
+        let db = TestDb::new(backend).await;
+        let first = Store::connect(&db.database, &pool_settings())
+            .await
+            .expect("connect");
+        first.migrate().await.expect("migrate");
+        let second = Store::connect(&db.database, &pool_settings())
+            .await
+            .expect("connect");
+        let ttl = std::time::Duration::from_millis(300);
+        assert!(first.task_lease("reaper", ttl).await.expect("take"));
+        assert!(
+            !second
+                .task_lease("reaper", ttl)
+                .await
+                .expect("held elsewhere")
+        );
+        assert!(first.task_lease("reaper", ttl).await.expect("renew"));
+        assert!(
+            second
+                .task_lease("other-task", ttl)
+                .await
+                .expect("tasks are separate")
+        );
+        tokio::time::sleep(ttl * 2).await;
+        assert!(
+            second.task_lease("reaper", ttl).await.expect("lapsed"),
+            "a lease nobody renews passes to another replica"
+        );
+        assert!(
+            !first
+                .task_lease("reaper", ttl)
+                .await
+                .expect("now held by the second")
+        );
+        first.close().await;
+        second.close().await;
+    }
+);

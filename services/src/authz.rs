@@ -183,6 +183,8 @@ struct GateInner {
     audit: AuditLog,
     store: Store,
     paths: FieldPaths,
+    /// How often a call rolled back for a database conflict is run again.
+    conflict_retries: u32,
 }
 
 impl std::fmt::Debug for Gate {
@@ -206,6 +208,7 @@ impl Gate {
         policy: Arc<PolicyEngine>,
         audit: AuditLog,
         store: Store,
+        conflict_retries: u32,
     ) -> Result<Self, String> {
         Ok(Gate {
             inner: Arc::new(GateInner {
@@ -214,6 +217,7 @@ impl Gate {
                 audit,
                 store,
                 paths: FieldPaths::resolve()?,
+                conflict_retries,
             }),
         })
     }
@@ -549,14 +553,56 @@ where
                 Decision::Rejected(status) => Ok(status.into_http()),
                 Decision::Allowed(ctx, bytes) => {
                     parts.extensions.insert(*ctx);
-                    let body = tonic::body::Body::new(
-                        http_body_util::Full::new(bytes).map_err(|never| match never {}),
-                    );
-                    inner.call(Request::from_parts(parts, body)).await
+                    call_with_conflict_retries(
+                        &mut inner,
+                        &parts,
+                        bytes,
+                        gate.inner.conflict_retries,
+                    )
+                    .await
                 }
             }
         })
     }
+}
+
+/// Calls `inner`; a call the database rolled back for a conflict with a concurrent transaction
+/// (its response carries [`crate::error::RETRY_HEADER`]) wrote nothing, so it runs again, up to
+/// `retries` times with a growing pause. The request is in memory here, so it can be re-sent.
+async fn call_with_conflict_retries<S>(
+    inner: &mut S,
+    parts: &http::request::Parts,
+    bytes: Bytes,
+    retries: u32,
+) -> Result<S::Response, S::Error>
+where
+    S: Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>,
+{
+    let mut attempt = 0;
+    loop {
+        std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+        let response = inner.call(request_again(parts, bytes.clone())).await?;
+        let conflict = response.headers().contains_key(crate::error::RETRY_HEADER);
+        if !conflict || attempt >= retries {
+            return Ok(response);
+        }
+        attempt += 1;
+        tracing::debug!(attempt, "re-running a call rolled back for a conflict");
+        tokio::time::sleep(std::time::Duration::from_millis(5 << attempt.min(6))).await;
+    }
+}
+
+/// A request with the same head as `parts` and `bytes` as its body.
+fn request_again(parts: &http::request::Parts, bytes: Bytes) -> Request<tonic::body::Body> {
+    let body =
+        tonic::body::Body::new(http_body_util::Full::new(bytes).map_err(|never| match never {}));
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request
 }
 
 #[cfg(test)]
@@ -569,6 +615,60 @@ mod tests {
         prost::encoding::encode_varint(value.len() as u64, &mut out);
         out.extend_from_slice(value.as_bytes());
         out
+    }
+
+    #[tokio::test]
+    async fn conflicts_are_retried_with_the_same_request_then_given_up() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let calls = Arc::new(AtomicU32::new(0));
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        // Fails with a conflict until the third call.
+        let service = {
+            let (calls, seen) = (calls.clone(), seen.clone());
+            tower::service_fn(move |request: Request<tonic::body::Body>| {
+                let (calls, seen) = (calls.clone(), seen.clone());
+                async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    let body = request.into_body().collect().await.map(|b| b.to_bytes());
+                    seen.lock().push(body.unwrap_or_default());
+                    let status = if n < 2 {
+                        Status::from(Error::Conflict {
+                            message: "deadlock".into(),
+                        })
+                    } else {
+                        Status::ok("")
+                    };
+                    Ok::<_, std::convert::Infallible>(status.into_http())
+                }
+            })
+        };
+        let (parts, ()) = Request::builder()
+            .uri("/platform.x.v1.X/Y")
+            .body(())
+            .expect("request")
+            .into_parts();
+        let mut retried = service.clone();
+        let response =
+            call_with_conflict_retries(&mut retried, &parts, Bytes::from_static(b"msg"), 3)
+                .await
+                .expect("infallible");
+        assert!(!response.headers().contains_key(crate::error::RETRY_HEADER));
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert!(
+            seen.lock().iter().all(|b| b.as_ref() == b"msg"),
+            "the same message each time"
+        );
+
+        calls.store(0, Ordering::SeqCst);
+        let mut once = service;
+        let response = call_with_conflict_retries(&mut once, &parts, Bytes::from_static(b"msg"), 1)
+            .await
+            .expect("infallible");
+        assert!(
+            response.headers().contains_key(crate::error::RETRY_HEADER),
+            "given up: ABORTED"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
     #[test]

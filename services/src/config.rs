@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// with UNAVAILABLE and its transaction rolls back); 0 = no limit [default: 30].
     #[arg(long, env = "PLATFORM_DB_STATEMENT_TIMEOUT_SECS")]
     pub db_statement_timeout_secs: Option<u64>,
+    /// Times a call rolled back by the database for a conflict with a concurrent transaction
+    /// (serialization failure, deadlock) is run again before ABORTED is returned [default: 3].
+    #[arg(long, env = "PLATFORM_DB_CONFLICT_RETRIES")]
+    pub db_conflict_retries: Option<u32>,
     /// Browser origins allowed to call over gRPC-Web (comma-separated); `*` allows any
     /// [default: *]. Credentials are bearer tokens, never cookies, so `*` is not a CSRF risk.
     #[arg(long, env = "PLATFORM_CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -115,6 +119,7 @@ struct FileConfig {
     db_max_connections: Option<u32>,
     db_acquire_timeout_secs: Option<u64>,
     db_statement_timeout_secs: Option<u64>,
+    db_conflict_retries: Option<u32>,
     cors_allowed_origins: Option<Vec<String>>,
     jwks_file: Option<PathBuf>,
     jwt_issuers: Option<Vec<String>>,
@@ -153,6 +158,8 @@ pub struct Config {
     pub db_acquire_timeout: Duration,
     /// PostgreSQL `statement_timeout`; `None` leaves the server's default.
     pub db_statement_timeout: Option<Duration>,
+    /// Re-runs of a call rolled back for a database conflict.
+    pub db_conflict_retries: u32,
     pub cors_allowed_origins: Vec<String>,
     pub auth: crate::auth::AuthConfig,
     /// How often an open audit Watch re-checks its caller's token and permission (60 s; tests
@@ -504,6 +511,11 @@ impl ServeArgs {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            db_conflict_retries: self
+                .db_conflict_retries
+                .or(file.db_conflict_retries)
+                .unwrap_or(3)
+                .min(10),
             cors_allowed_origins: self
                 .cors_allowed_origins
                 .or(file.cors_allowed_origins)

@@ -49,6 +49,11 @@ pub enum Error {
     /// A concurrency conflict, e.g. a stale etag; the client should re-read and retry.
     #[error("aborted: {message}")]
     Aborted { message: String },
+    /// The database rolled the call back for a conflict with a concurrent transaction
+    /// (serialization failure, deadlock): nothing was written and the same call may simply run
+    /// again. ABORTED to clients, marked with [`RETRY_HEADER`] so the gate re-runs it.
+    #[error("conflict: {message}")]
+    Conflict { message: String },
     /// No credentials, or credentials that failed a check.
     #[error("unauthenticated: {message}")]
     Unauthenticated { message: String },
@@ -107,7 +112,7 @@ impl Error {
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::FailedPrecondition { .. } => Code::FailedPrecondition,
-            Error::Aborted { .. } => Code::Aborted,
+            Error::Aborted { .. } | Error::Conflict { .. } => Code::Aborted,
             Error::Unauthenticated { .. } => Code::Unauthenticated,
             Error::PermissionDenied { .. } => Code::PermissionDenied,
             Error::ResourceExhausted { .. } => Code::ResourceExhausted,
@@ -147,6 +152,14 @@ impl From<Error> for Status {
                     ErrorDetails::with_precondition_failure_violation("STATE", "", message.clone());
                 Status::with_error_details(code, message.clone(), details)
             }
+            Error::Conflict { message } => {
+                let mut status = Status::new(code, message);
+                status.metadata_mut().insert(
+                    RETRY_HEADER,
+                    tonic::metadata::MetadataValue::from_static("conflict"),
+                );
+                status
+            }
             Error::Aborted { message }
             | Error::Unauthenticated { message }
             | Error::PermissionDenied { message }
@@ -166,6 +179,9 @@ impl From<Error> for Status {
         }
     }
 }
+
+/// Marks a response whose call was rolled back for a conflict and may run again unchanged.
+pub const RETRY_HEADER: &str = "x-platform-retry";
 
 /// What a gRPC handler returns.
 pub type RpcResult<T> = Result<tonic::Response<T>, Status>;
@@ -191,7 +207,7 @@ impl From<sqlx::Error> for Error {
                 },
                 // PostgreSQL: a serialization failure or a deadlock with a concurrent
                 // transaction (another replica, say); nothing was written.
-                Some("40001" | "40P01") => Error::Aborted {
+                Some("40001" | "40P01") => Error::Conflict {
                     message: "conflict with a concurrent change; nothing was written, retry"
                         .to_owned(),
                 },

@@ -130,8 +130,14 @@ impl App {
                 .map_err(|e| StartError::Policy(e.to_string()))?,
         );
         let audit = AuditLog::new(store.clone());
-        let gate = Gate::new(authenticator.clone(), policy, audit.clone(), store.clone())
-            .map_err(StartError::Policy)?;
+        let gate = Gate::new(
+            authenticator.clone(),
+            policy,
+            audit.clone(),
+            store.clone(),
+            config.db_conflict_retries,
+        )
+        .map_err(StartError::Policy)?;
         bootstrap(&config, &store, &audit, &authenticator).await?;
         let keyring = Arc::new(
             crate::secrets::Keyring::load(config.keys.clone())

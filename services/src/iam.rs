@@ -178,9 +178,17 @@ pub async fn load_policy(store: &Store) -> Result<PolicySnapshot, Error> {
 
 /// NOT_FOUND unless `tenant` exists and is active (checked inside the caller's transaction).
 pub async fn tenant_require(tx: &mut WriteTx, tenant: &str) -> Result<(), Error> {
+    tenant_active(&mut **tx, tenant).await
+}
+
+/// NOT_FOUND unless `tenant` exists and is active (for reads outside a write transaction).
+pub async fn tenant_active<'e, E>(executor: E, tenant: &str) -> Result<(), Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     let state: Option<i32> = sqlx::query_scalar("SELECT state FROM tenants WHERE id = $1")
         .bind(tenant)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(executor)
         .await?;
     if state == Some(TENANT_ACTIVE) {
         Ok(())

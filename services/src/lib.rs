@@ -21,6 +21,7 @@ pub mod error;
 pub mod filter;
 pub mod iam;
 pub mod idempotency;
+pub mod insights;
 pub mod limits;
 pub mod names;
 pub mod pagination;

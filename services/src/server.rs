@@ -171,6 +171,11 @@ impl App {
             .await
             .map_err(|e| StartError::Catalog(format!("re-indexing stored entities: {e}")))?;
         tokio::spawn(crate::catalog::run_change_retention(store.clone()));
+        crate::deployments::commit_time_backfill(&store)
+            .await
+            .map_err(|e| {
+                StartError::Catalog(format!("back-filling deployment commit times: {e}"))
+            })?;
         let catalog = crate::catalog::CatalogService::new(
             store.clone(),
             audit.clone(),
@@ -221,6 +226,12 @@ impl App {
             .add_service(
                 platform_api::platform::environments::v1::environment_service_server::EnvironmentServiceServer::new(environments)
                     .max_decoding_message_size(config.max_message_bytes),
+            )
+            .add_service(
+                platform_api::platform::insights::v1::insights_service_server::InsightsServiceServer::new(
+                    crate::insights::InsightsService::new(store.clone()),
+                )
+                .max_decoding_message_size(config.max_message_bytes),
             )
             .add_service(
                 platform_api::platform::secrets::v1::secret_service_server::SecretServiceServer::new(secrets)

@@ -158,8 +158,14 @@ async fn unknown_and_unimplemented_methods_answer_unimplemented() {
         "platform.environments.v1.EnvironmentService",
         "platform.secrets.v1.SecretService",
     ];
+    // Methods served ahead of the rest of their service.
+    let landed_methods = ["/platform.insights.v1.InsightsService/GetDoraMetrics"];
     for rpc in platformd::contract::rpcs().values() {
-        if rpc.client_streaming || rpc.server_streaming || landed.contains(&rpc.service.as_str()) {
+        if rpc.client_streaming
+            || rpc.server_streaming
+            || landed.contains(&rpc.service.as_str())
+            || landed_methods.contains(&rpc.path().as_str())
+        {
             continue;
         }
         let path: &'static str = Box::leak(rpc.path().into_boxed_str());

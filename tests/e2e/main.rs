@@ -11,6 +11,7 @@ mod deployments;
 mod environments;
 mod iam_audit;
 mod identity;
+mod insights;
 mod process;
 mod replicas;
 mod secrets;

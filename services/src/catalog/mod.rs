@@ -189,7 +189,7 @@ impl EntityKey {
 }
 
 /// Parses an entity given as a resource name or as a reference `[kind:][namespace/]name`.
-fn parse_name_or_ref(
+pub(crate) fn parse_name_or_ref(
     field: &str,
     tenant: &str,
     text: &str,

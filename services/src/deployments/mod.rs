@@ -138,6 +138,52 @@ pub(crate) async fn deployment_save(
     Ok(())
 }
 
+/// Fills `commit_time_us` (migration 0013) from the bodies of deployments written before it, once
+/// per database; returns how many rows got a commit time.
+pub async fn commit_time_backfill(store: &Store) -> Result<u64, Error> {
+    const DONE: &str = "deployments_commit_time_backfilled";
+    if store.meta_get(DONE).await?.is_some() {
+        return Ok(0);
+    }
+    let (mut after_tenant, mut after_id) = (String::new(), String::new());
+    let mut filled = 0;
+    loop {
+        let rows = sqlx::query(
+            "SELECT tenant, id, body FROM deployments WHERE tenant > $1 OR (tenant = $1 AND id > $2) \
+             ORDER BY tenant, id LIMIT 500",
+        )
+        .bind(&after_tenant)
+        .bind(&after_id)
+        .fetch_all(store.pool())
+        .await?;
+        let Some(last) = rows.last() else { break };
+        after_tenant = last.try_get("tenant")?;
+        after_id = last.try_get("id")?;
+        let mut tx = store.write_tx().await?;
+        for row in &rows {
+            let body: Vec<u8> = row.try_get("body")?;
+            let d = pb::Deployment::decode(body.as_slice())
+                .map_err(|e| Error::internal(format!("stored deployment: {e}")))?;
+            if let Some(t) = micros(&d.commit_time) {
+                sqlx::query(
+                    "UPDATE deployments SET commit_time_us = $1 WHERE tenant = $2 AND id = $3",
+                )
+                .bind(t)
+                .bind(row.try_get::<String, _>("tenant")?)
+                .bind(row.try_get::<String, _>("id")?)
+                .execute(&mut *tx)
+                .await?;
+                filled += 1;
+            }
+        }
+        tx.commit().await?;
+    }
+    let mut tx = store.write_tx().await?;
+    store.meta_put_if_absent(&mut tx, DONE, "1").await?;
+    tx.commit().await?;
+    Ok(filled)
+}
+
 fn tenant_of(name: &str) -> &str {
     names::tenant_of(name).unwrap_or_default()
 }
@@ -351,8 +397,8 @@ impl DeploymentService {
         sqlx::query(
             "INSERT INTO deployments (tenant, id, uid, component, environment, state, version, commit_sha, requested_by, \
              rollback_of, promoted_from, create_time_us, update_time_us, cancel_requested, attempt_count, lease_owner, \
-             lease_expires_us, log_seq, etag, body, lane) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 1, $13, $14, $15)",
+             lease_expires_us, log_seq, etag, body, lane, commit_time_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 1, $13, $14, $15, $16)",
         )
         .bind(tenant)
         .bind(&id)
@@ -369,6 +415,7 @@ impl DeploymentService {
         .bind(&d.etag)
         .bind(d.encode_to_vec())
         .bind(format!("{tenant}/{}/{}", env.id, d.component))
+        .bind(micros(&d.commit_time))
         .execute(&mut **tx)
         .await?;
         // The log's first line, numbered 1 in the INSERT above (log_seq): a new deployment

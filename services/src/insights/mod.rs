@@ -1,0 +1,100 @@
+//! `InsightsService`: views computed from the platform's own records. This release serves the
+//! DORA metrics ([`dora`]); the other methods answer UNIMPLEMENTED, naming themselves.
+
+pub mod dora;
+
+use platform_api::platform::insights::v1 as pb;
+use tonic::Request;
+use tracing::instrument;
+
+use crate::error::{Error, RpcResult, respond};
+use crate::store::Store;
+
+/// The `InsightsService` implementation.
+#[derive(Debug, Clone)]
+pub struct InsightsService {
+    store: Store,
+}
+
+impl InsightsService {
+    pub fn new(store: Store) -> Self {
+        InsightsService { store }
+    }
+}
+
+fn not_yet<T>(method: &str) -> RpcResult<T> {
+    respond(Err(Error::unimplemented(format!(
+        "platform.insights.v1.InsightsService.{method} is part of the platform API contract but is not implemented by this server version yet"
+    ))))
+}
+
+#[tonic::async_trait]
+impl pb::insights_service_server::InsightsService for InsightsService {
+    #[instrument(skip_all)]
+    async fn get_dora_metrics(
+        &self,
+        request: Request<pb::GetDoraMetricsRequest>,
+    ) -> RpcResult<pb::DoraMetrics> {
+        respond(dora::dora_metrics_get(&self.store, request.get_ref()).await)
+    }
+    async fn get_service_status(
+        &self,
+        _request: Request<pb::GetServiceStatusRequest>,
+    ) -> RpcResult<pb::ServiceStatus> {
+        not_yet("GetServiceStatus")
+    }
+    async fn list_service_statuses(
+        &self,
+        _request: Request<pb::ListServiceStatusesRequest>,
+    ) -> RpcResult<pb::ListServiceStatusesResponse> {
+        not_yet("ListServiceStatuses")
+    }
+    async fn get_dependency_graph(
+        &self,
+        _request: Request<pb::GetDependencyGraphRequest>,
+    ) -> RpcResult<pb::DependencyGraph> {
+        not_yet("GetDependencyGraph")
+    }
+    async fn create_scorecard(
+        &self,
+        _request: Request<pb::CreateScorecardRequest>,
+    ) -> RpcResult<pb::Scorecard> {
+        not_yet("CreateScorecard")
+    }
+    async fn get_scorecard(
+        &self,
+        _request: Request<pb::GetScorecardRequest>,
+    ) -> RpcResult<pb::Scorecard> {
+        not_yet("GetScorecard")
+    }
+    async fn list_scorecards(
+        &self,
+        _request: Request<pb::ListScorecardsRequest>,
+    ) -> RpcResult<pb::ListScorecardsResponse> {
+        not_yet("ListScorecards")
+    }
+    async fn update_scorecard(
+        &self,
+        _request: Request<pb::UpdateScorecardRequest>,
+    ) -> RpcResult<pb::Scorecard> {
+        not_yet("UpdateScorecard")
+    }
+    async fn delete_scorecard(
+        &self,
+        _request: Request<pb::DeleteScorecardRequest>,
+    ) -> RpcResult<()> {
+        not_yet("DeleteScorecard")
+    }
+    async fn evaluate_entity(
+        &self,
+        _request: Request<pb::EvaluateEntityRequest>,
+    ) -> RpcResult<pb::EvaluateEntityResponse> {
+        not_yet("EvaluateEntity")
+    }
+    async fn list_scorecard_evaluations(
+        &self,
+        _request: Request<pb::ListScorecardEvaluationsRequest>,
+    ) -> RpcResult<pb::ListScorecardEvaluationsResponse> {
+        not_yet("ListScorecardEvaluations")
+    }
+}

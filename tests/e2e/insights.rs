@@ -383,3 +383,229 @@ storage_test!(
         server.stop().await;
     }
 );
+
+fn command(script: &str) -> epb::Driver {
+    crate::deployments::script(script)
+}
+
+async fn env_with(
+    admin: &TestClient,
+    id: &str,
+    r#type: epb::EnvironmentType,
+    driver: epb::Driver,
+    promotes_to: &str,
+) {
+    let target = if promotes_to.is_empty() {
+        String::new()
+    } else {
+        format!("tenants/acme/environments/{promotes_to}")
+    };
+    environment(admin, id, r#type, driver, &target).await;
+}
+
+storage_test!(service_status_shows_what_runs_where, |backend| async move {
+    let (_db, server, admin) = setup(backend).await;
+    let yaml = "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: payments\n  title: Payments\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n  system: shop\n---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: billing\nspec:\n  type: service\n  lifecycle: experimental\n  owner: team-b\n---\napiVersion: backstage.io/v1alpha1\nkind: System\nmetadata:\n  name: shop\nspec:\n  owner: team-a\n";
+    import(
+        &admin,
+        vec![cat::ImportSource {
+            path: "catalog-info.yaml".into(),
+            content: yaml.into(),
+        }],
+        "",
+    )
+    .await
+    .expect("import");
+    use epb::EnvironmentType::{Development, Production, Staging};
+    env_with(&admin, "prod", Production, command("sleep 5"), "").await;
+    env_with(
+        &admin,
+        "staging",
+        Staging,
+        command("test \"$PLATFORM_VERSION\" != bad"),
+        "prod",
+    )
+    .await;
+    env_with(&admin, "dev", Development, command("true"), "staging").await;
+    env_with(&admin, "sandbox", Development, command("true"), "").await;
+    let wait = |name: String| {
+        let admin = admin.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                let d = get(&admin, &name).await;
+                if terminal(&d) {
+                    return d;
+                }
+                assert!(Instant::now() < deadline, "{name} never finished");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let v1_dev = wait(
+        deploy(&admin, "payments", "v1", "dev", "")
+            .await
+            .expect("d")
+            .name,
+    )
+    .await;
+    wait(
+        deploy(&admin, "payments", "v1", "staging", "")
+            .await
+            .expect("d")
+            .name,
+    )
+    .await;
+    let bad = wait(
+        deploy(&admin, "payments", "bad", "staging", "")
+            .await
+            .expect("d")
+            .name,
+    )
+    .await;
+    assert_eq!(bad.state, dpb::DeploymentState::Failed as i32);
+    let running = deploy(&admin, "payments", "v1", "prod", "")
+        .await
+        .expect("d");
+    let queued = deploy(&admin, "payments", "v2", "prod", "")
+        .await
+        .expect("d");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(&admin, &running.name).await.state != dpb::DeploymentState::Running as i32 {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let status = Insights::new(admin.channel.clone())
+        .get_service_status(admin.req(ipb::GetServiceStatusRequest {
+            parent: "tenants/acme".into(),
+            component: "payments".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.component, "component:default/payments");
+    assert_eq!(
+        status.entity,
+        "tenants/acme/entities/component/default/payments"
+    );
+    assert_eq!(status.title, "Payments");
+    assert_eq!(status.system_ref, "system:default/shop");
+    let order: Vec<&str> = status
+        .environments
+        .iter()
+        .map(|e| e.environment.rsplit('/').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        order,
+        vec!["dev", "staging", "prod", "sandbox"],
+        "promotion order, then the rest"
+    );
+    let dev = &status.environments[0];
+    let current = dev.current.clone().expect("v1 runs in dev");
+    assert_eq!(current.version, "v1");
+    assert_eq!(current.deployment, v1_dev.name);
+    assert!(current.deployed_by.starts_with("user:"));
+    assert_eq!(dev.last_outcome, ipb::DeploymentOutcome::Succeeded as i32);
+    let staging = &status.environments[1];
+    assert_eq!(
+        staging.current.clone().expect("v1 still runs").version,
+        "v1"
+    );
+    assert_eq!(staging.last_outcome, ipb::DeploymentOutcome::Failed as i32);
+    assert_eq!(staging.last_deployment, bad.name);
+    let prod = &status.environments[2];
+    assert!(prod.production && prod.current.is_none() && prod.deployment_in_flight);
+    let flying: Vec<(String, i32)> = prod
+        .in_flight
+        .iter()
+        .map(|f| (f.deployment.clone(), f.state))
+        .collect();
+    assert_eq!(
+        flying,
+        vec![
+            (running.name.clone(), ipb::InFlightState::Running as i32),
+            (queued.name.clone(), ipb::InFlightState::Queued as i32),
+        ]
+    );
+    let sandbox = &status.environments[3];
+    assert!(sandbox.current.is_none() && sandbox.in_flight.is_empty());
+    assert_eq!(
+        sandbox.last_outcome,
+        ipb::DeploymentOutcome::Unspecified as i32
+    );
+
+    let only = Insights::new(admin.channel.clone())
+        .get_service_status(admin.req(ipb::GetServiceStatusRequest {
+            parent: "tenants/acme".into(),
+            component: "component:default/payments".into(),
+            only_deployed: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("only deployed")
+        .into_inner();
+    assert_eq!(only.environments.len(), 3, "sandbox left out");
+
+    // The matrix: every component, a page at a time; a system scope.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = Insights::new(admin.channel.clone())
+            .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+                parent: "tenants/acme".into(),
+                environments: vec!["tenants/acme/environments/dev".into()],
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            }))
+            .await
+            .expect("list")
+            .into_inner();
+        assert_eq!(page.total_size, 2);
+        for s in &page.service_statuses {
+            assert_eq!(s.environments.len(), 1);
+        }
+        seen.extend(page.service_statuses.into_iter().map(|s| s.component));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(
+        seen,
+        vec!["component:default/billing", "component:default/payments"]
+    );
+    let shop = Insights::new(admin.channel.clone())
+        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            scope: "system:shop".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("system scope")
+        .into_inner();
+    assert_eq!(shop.total_size, 1);
+    assert_eq!(
+        shop.service_statuses[0].component,
+        "component:default/payments"
+    );
+
+    for (component, code) in [
+        ("nowhere", Code::NotFound),
+        ("system:shop", Code::InvalidArgument),
+        ("", Code::InvalidArgument),
+    ] {
+        let err = Insights::new(admin.channel.clone())
+            .get_service_status(admin.req(ipb::GetServiceStatusRequest {
+                parent: "tenants/acme".into(),
+                component: component.into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err(component);
+        assert_eq!(err.code(), code, "{component}: {err:?}");
+    }
+    server.stop().await;
+});

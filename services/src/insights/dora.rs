@@ -27,8 +27,6 @@ const HOUR_US: i64 = 3_600_000_000;
 const SUCCEEDED: i64 = dpb::DeploymentState::Succeeded as i64;
 const FAILED: i64 = dpb::DeploymentState::Failed as i64;
 const CANCELLED: i64 = dpb::DeploymentState::Cancelled as i64;
-/// `catalog.v1.RelationType.RELATION_TYPE_PARENT_OF`, as stored in `catalog_relations.type`.
-const PARENT_OF: i64 = 13;
 
 /// SQL text with its bound parameters, numbered as they are added.
 struct Sql {
@@ -303,27 +301,9 @@ async fn scope(
             Ok((pb::DoraScopeType::System, reference, Some(refs)))
         }
         "group" => {
-            let mut groups = vec![reference.clone()];
-            if req.include_child_groups {
-                // Breadth-first over parentOf; the visited set ends cycles.
-                let mut next = 0;
-                while next < groups.len() && groups.len() < 10_000 {
-                    let children: Vec<String> = sqlx::query_scalar(
-                        "SELECT target_ref FROM catalog_relations WHERE tenant = $1 AND source_ref = $2 AND type = $3",
-                    )
-                    .bind(tenant)
-                    .bind(&groups[next])
-                    .bind(PARENT_OF)
-                    .fetch_all(store.pool())
+            let groups =
+                super::groups_under(store, tenant, reference.clone(), req.include_child_groups)
                     .await?;
-                    for child in children {
-                        if !groups.contains(&child) {
-                            groups.push(child);
-                        }
-                    }
-                    next += 1;
-                }
-            }
             let (sql, params) = components_where("owner_ref", &groups);
             let refs: Vec<String> = bind_params(sqlx::query(&sql), &params)
                 .fetch_all(store.pool())

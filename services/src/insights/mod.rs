@@ -1,7 +1,9 @@
 //! `InsightsService`: views computed from the platform's own records. This release serves the
-//! DORA metrics ([`dora`]); the other methods answer UNIMPLEMENTED, naming themselves.
+//! DORA metrics ([`dora`]) and service status ([`status`]); the dependency graph and scorecards
+//! answer UNIMPLEMENTED, naming themselves.
 
 pub mod dora;
+pub mod status;
 
 use platform_api::platform::insights::v1 as pb;
 use tonic::Request;
@@ -9,6 +11,38 @@ use tracing::instrument;
 
 use crate::error::{Error, RpcResult, respond};
 use crate::store::Store;
+
+/// `catalog.v1.RelationType.RELATION_TYPE_PARENT_OF`, as stored in `catalog_relations.type`.
+const PARENT_OF: i64 = 13;
+
+/// A Group and, with `descendants`, every Group below it through `parentOf` (breadth-first; the
+/// visited list ends cycles).
+async fn groups_under(
+    store: &Store,
+    tenant: &str,
+    group: String,
+    descendants: bool,
+) -> Result<Vec<String>, Error> {
+    let mut groups = vec![group];
+    let mut next = 0;
+    while descendants && next < groups.len() && groups.len() < 10_000 {
+        let children: Vec<String> = sqlx::query_scalar(
+            "SELECT target_ref FROM catalog_relations WHERE tenant = $1 AND source_ref = $2 AND type = $3",
+        )
+        .bind(tenant)
+        .bind(&groups[next])
+        .bind(PARENT_OF)
+        .fetch_all(store.pool())
+        .await?;
+        for child in children {
+            if !groups.contains(&child) {
+                groups.push(child);
+            }
+        }
+        next += 1;
+    }
+    Ok(groups)
+}
 
 /// The `InsightsService` implementation.
 #[derive(Debug, Clone)]
@@ -37,17 +71,19 @@ impl pb::insights_service_server::InsightsService for InsightsService {
     ) -> RpcResult<pb::DoraMetrics> {
         respond(dora::dora_metrics_get(&self.store, request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn get_service_status(
         &self,
-        _request: Request<pb::GetServiceStatusRequest>,
+        request: Request<pb::GetServiceStatusRequest>,
     ) -> RpcResult<pb::ServiceStatus> {
-        not_yet("GetServiceStatus")
+        respond(status::service_status_get(&self.store, request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn list_service_statuses(
         &self,
-        _request: Request<pb::ListServiceStatusesRequest>,
+        request: Request<pb::ListServiceStatusesRequest>,
     ) -> RpcResult<pb::ListServiceStatusesResponse> {
-        not_yet("ListServiceStatuses")
+        respond(status::service_statuses_list(&self.store, request.get_ref()).await)
     }
     async fn get_dependency_graph(
         &self,

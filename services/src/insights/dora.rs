@@ -380,24 +380,16 @@ async fn raw_figures(
         sql.int(periods.end),
     );
     let (ok, failed, cancelled) = (sql.int(SUCCEEDED), sql.int(FAILED), sql.int(CANCELLED));
-    let prefix = sql.text(&format!("tenants/{}/deployments/", selection.tenant));
-    // The deployments rolled back before the window's end: few, joined by hash, instead of a
-    // lookup per deployment.
-    let tenant = sql.text(&selection.tenant);
+
     let count = |when: &str| format!("CAST(SUM(CASE WHEN {when} THEN 1 ELSE 0 END) AS BIGINT)");
     let text = format!(
         "SELECT (d.end_time_us - {o}) / {l} AS b, {} AS succeeded, {} AS failed, {} AS cancelled, \
-         {} AS rolled_back, {} AS rollbacks, {} AS without_commit, {} AS commit_after \
-         FROM deployments d LEFT JOIN ( \
-           SELECT DISTINCT r.rollback_of AS target FROM deployments r \
-           WHERE r.tenant = {tenant} AND r.rollback_of <> '' AND r.create_time_us < {e}) rb \
-         ON rb.target = {prefix} || d.id \
-         WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
+         {} AS rollbacks, {} AS without_commit, {} AS commit_after \
+         FROM deployments d WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
          AND d.state IN ({ok}, {failed}, {cancelled}) GROUP BY (d.end_time_us - {o}) / {l}",
         count(&format!("d.state = {ok}")),
         count(&format!("d.state = {failed}")),
         count(&format!("d.state = {cancelled}")),
-        count(&format!("d.state = {ok} AND rb.target IS NOT NULL")),
         count(&format!("d.state = {ok} AND d.rollback_of <> ''")),
         count(&format!(
             "d.state = {ok} AND d.rollback_of = '' AND d.commit_time_us IS NULL"
@@ -414,10 +406,37 @@ async fn raw_figures(
         r.succeeded = row.try_get("succeeded")?;
         r.failed = row.try_get("failed")?;
         r.cancelled = row.try_get("cancelled")?;
-        r.rolled_back = row.try_get("rolled_back")?;
         r.rollbacks = row.try_get("rollbacks")?;
         r.without_commit = row.try_get("without_commit")?;
         r.commit_after = row.try_get("commit_after")?;
+    }
+
+    // Rolled back: walked from the rollbacks created before the window's end (few) to the
+    // deployments they name, by primary key, rather than probing every deployment.
+    let mut sql = Sql::new();
+    let cond = selection.conditions(&mut sql);
+    let prefix = format!("tenants/{}/deployments/", selection.tenant);
+    let (o, l, s, e, ok, tenant, from) = (
+        sql.int(periods.origin),
+        sql.int(periods.len),
+        sql.int(periods.start),
+        sql.int(periods.end),
+        sql.int(SUCCEEDED),
+        sql.text(&selection.tenant),
+        sql.int(prefix.len() as i64 + 1),
+    );
+    let text = format!(
+        "SELECT (d.end_time_us - {o}) / {l} AS b, COUNT(DISTINCT d.id) AS n \
+         FROM deployments r JOIN deployments d ON d.tenant = r.tenant AND d.id = SUBSTR(r.rollback_of, CAST({from} AS INTEGER)) \
+         WHERE r.tenant = {tenant} AND r.rollback_of > '' AND r.create_time_us < {e} \
+         AND {cond} AND d.state = {ok} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
+         GROUP BY (d.end_time_us - {o}) / {l}"
+    );
+    for row in bind_params(sqlx::query(&text), &sql.params)
+        .fetch_all(store.pool())
+        .await?
+    {
+        raw.entry(row.try_get("b")?).or_default().rolled_back = row.try_get("n")?;
     }
 
     // Lead time: end - commit of successful non-rollback deployments with a usable commit time.

@@ -163,6 +163,7 @@ async fn unknown_and_unimplemented_methods_answer_unimplemented() {
         "/platform.insights.v1.InsightsService/GetDoraMetrics",
         "/platform.insights.v1.InsightsService/GetServiceStatus",
         "/platform.insights.v1.InsightsService/ListServiceStatuses",
+        "/platform.insights.v1.InsightsService/GetDependencyGraph",
     ];
     for rpc in platformd::contract::rpcs().values() {
         if rpc.client_streaming

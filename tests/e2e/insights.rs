@@ -609,3 +609,244 @@ storage_test!(service_status_shows_what_runs_where, |backend| async move {
     }
     server.stop().await;
 });
+
+async fn graph(
+    client: &TestClient,
+    request: ipb::GetDependencyGraphRequest,
+) -> Result<ipb::DependencyGraph, tonic::Status> {
+    Insights::new(client.channel.clone())
+        .get_dependency_graph(client.req(ipb::GetDependencyGraphRequest {
+            parent: "tenants/acme".into(),
+            ..request
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
+
+fn node_refs(g: &ipb::DependencyGraph) -> Vec<(i32, String, bool)> {
+    g.nodes
+        .iter()
+        .map(|n| (n.depth, n.r#ref.clone(), n.resolved))
+        .collect()
+}
+
+storage_test!(
+    dependency_graph_follows_depends_on_and_apis,
+    |backend| async move {
+        let (_db, server, admin) = setup(backend).await;
+        let yaml = "apiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: web\nspec:\n  type: website\n  lifecycle: production\n  owner: team-a\n  system: shop\n  consumesApis: [orders-api]\n  dependsOn: [resource:db-web]\n---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: orders\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n  system: shop\n  providesApis: [orders-api]\n  dependsOn: [component:payments]\n---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: payments\nspec:\n  type: service\n  lifecycle: production\n  owner: team-b\n  dependsOn: [component:ghost]\n---\napiVersion: backstage.io/v1alpha1\nkind: Resource\nmetadata:\n  name: db-web\nspec:\n  type: database\n  owner: team-a\n---\napiVersion: backstage.io/v1alpha1\nkind: API\nmetadata:\n  name: orders-api\nspec:\n  type: openapi\n  lifecycle: production\n  owner: team-a\n  definition: openapi\n---\napiVersion: backstage.io/v1alpha1\nkind: System\nmetadata:\n  name: shop\nspec:\n  owner: team-a\n";
+        let imported = import(
+            &admin,
+            vec![cat::ImportSource {
+                path: "catalog-info.yaml".into(),
+                content: yaml.into(),
+            }],
+            "",
+        )
+        .await
+        .expect("import");
+        assert_eq!(imported.failed_count, 0, "{imported:?}");
+
+        let g = graph(
+            &admin,
+            ipb::GetDependencyGraphRequest {
+                roots: vec!["web".into()],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("graph");
+        assert_eq!(g.roots, vec!["component:default/web".to_owned()]);
+        assert_eq!(
+            node_refs(&g),
+            vec![
+                (0, "component:default/web".into(), true),
+                (1, "component:default/orders".into(), true),
+                (1, "resource:default/db-web".into(), true),
+                (2, "component:default/payments".into(), true),
+                (3, "component:default/ghost".into(), false),
+            ]
+        );
+        assert!(!g.truncated);
+        let edges: Vec<(String, String, bool, Vec<String>)> = g
+            .edges
+            .iter()
+            .map(|e| {
+                (
+                    e.from_ref.clone(),
+                    e.to_ref.clone(),
+                    e.direct,
+                    e.via_apis.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            edges,
+            vec![
+                (
+                    "component:default/orders".into(),
+                    "component:default/payments".into(),
+                    true,
+                    vec![]
+                ),
+                (
+                    "component:default/payments".into(),
+                    "component:default/ghost".into(),
+                    true,
+                    vec![]
+                ),
+                (
+                    "component:default/web".into(),
+                    "component:default/orders".into(),
+                    false,
+                    vec!["api:default/orders-api".to_owned()]
+                ),
+                (
+                    "component:default/web".into(),
+                    "resource:default/db-web".into(),
+                    true,
+                    vec![]
+                ),
+            ]
+        );
+        let web = &g.nodes[0];
+        assert_eq!(web.entity, "tenants/acme/entities/component/default/web");
+        assert_eq!(
+            (web.kind.as_str(), web.r#type.as_str()),
+            ("Component", "website")
+        );
+        assert_eq!(g.nodes[2].kind, "Resource");
+
+        // Limits and exclusions.
+        let shallow = graph(
+            &admin,
+            ipb::GetDependencyGraphRequest {
+                roots: vec!["web".into()],
+                max_depth: 1,
+                exclude_resources: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("shallow");
+        assert_eq!(
+            node_refs(&shallow),
+            vec![
+                (0, "component:default/web".into(), true),
+                (1, "component:default/orders".into(), true),
+            ]
+        );
+        let resolved_only = graph(
+            &admin,
+            ipb::GetDependencyGraphRequest {
+                roots: vec!["payments".into()],
+                exclude_unresolved: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("resolved only");
+        assert_eq!(resolved_only.nodes.len(), 1);
+        assert!(resolved_only.edges.is_empty());
+        let capped = graph(
+            &admin,
+            ipb::GetDependencyGraphRequest {
+                roots: vec!["web".into()],
+                max_nodes: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("capped");
+        assert_eq!(capped.nodes.len(), 2);
+        assert!(capped.truncated);
+
+        // Dependents: who needs payments (orders directly, web through the API orders provides).
+        let dependents = graph(
+            &admin,
+            ipb::GetDependencyGraphRequest {
+                roots: vec!["component:default/payments".into()],
+                direction: ipb::DependencyDirection::Dependents as i32,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("dependents");
+        assert_eq!(
+            node_refs(&dependents),
+            vec![
+                (0, "component:default/payments".into(), true),
+                (1, "component:default/orders".into(), true),
+                (2, "component:default/web".into(), true),
+            ]
+        );
+        // A System root stands for its Components; statuses in one environment.
+        let noop = epb::Driver {
+            driver: Some(epb::driver::Driver::Noop(epb::NoopDriver::default())),
+        };
+        environment(&admin, "dev", epb::EnvironmentType::Development, noop, "").await;
+        let d = deploy(&admin, "orders", "v7", "dev", "")
+            .await
+            .expect("deploy");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !terminal(&get(&admin, &d.name).await) {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let shop = graph(
+            &admin,
+            ipb::GetDependencyGraphRequest {
+                roots: vec!["system:shop".into()],
+                max_depth: 1,
+                environment: "tenants/acme/environments/dev".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("system");
+        assert_eq!(
+            shop.roots,
+            vec![
+                "component:default/orders".to_owned(),
+                "component:default/web".to_owned()
+            ]
+        );
+        let orders = shop
+            .nodes
+            .iter()
+            .find(|n| n.r#ref == "component:default/orders")
+            .expect("orders");
+        assert_eq!(
+            orders
+                .status
+                .as_ref()
+                .and_then(|s| s.current.as_ref())
+                .map(|c| c.version.as_str()),
+            Some("v7")
+        );
+        let db = shop
+            .nodes
+            .iter()
+            .find(|n| n.kind == "Resource")
+            .expect("the resource");
+        assert!(db.status.is_none(), "statuses are for Components only");
+
+        for (roots, code) in [
+            (vec!["api:orders-api".to_owned()], Code::InvalidArgument),
+            (vec!["nowhere".to_owned()], Code::NotFound),
+            (vec![], Code::InvalidArgument),
+        ] {
+            let err = graph(
+                &admin,
+                ipb::GetDependencyGraphRequest {
+                    roots: roots.clone(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect_err("bad roots");
+            assert_eq!(err.code(), code, "{roots:?}: {err:?}");
+        }
+        server.stop().await;
+    }
+);

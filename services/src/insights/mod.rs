@@ -1,8 +1,9 @@
 //! `InsightsService`: views computed from the platform's own records. This release serves the
-//! DORA metrics ([`dora`]) and service status ([`status`]); the dependency graph and scorecards
-//! answer UNIMPLEMENTED, naming themselves.
+//! DORA metrics ([`dora`]), service status ([`status`]) and the dependency graph ([`graph`]);
+//! scorecards answer UNIMPLEMENTED, naming themselves.
 
 pub mod dora;
+pub mod graph;
 pub mod status;
 
 use platform_api::platform::insights::v1 as pb;
@@ -85,11 +86,12 @@ impl pb::insights_service_server::InsightsService for InsightsService {
     ) -> RpcResult<pb::ListServiceStatusesResponse> {
         respond(status::service_statuses_list(&self.store, request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn get_dependency_graph(
         &self,
-        _request: Request<pb::GetDependencyGraphRequest>,
+        request: Request<pb::GetDependencyGraphRequest>,
     ) -> RpcResult<pb::DependencyGraph> {
-        not_yet("GetDependencyGraph")
+        respond(graph::dependency_graph_get(&self.store, request.get_ref()).await)
     }
     async fn create_scorecard(
         &self,

@@ -26,7 +26,7 @@ const CANCELLED: i64 = dpb::DeploymentState::Cancelled as i64;
 
 /// An environment as the status view shows it.
 #[derive(Debug, Clone)]
-struct Env {
+pub struct Env {
     id: String,
     display_name: String,
     production: bool,
@@ -109,6 +109,36 @@ async fn environments(store: &Store, tenant: &str, named: &[String]) -> Result<V
         }
     }
     Ok(ordered)
+}
+
+/// One environment by resource name (NOT_FOUND if it does not exist).
+pub async fn environment_named(store: &Store, tenant: &str, name: &str) -> Result<Env, Error> {
+    environments(store, tenant, &[name.to_owned()])
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound {
+            resource_type: "environment",
+            name: name.to_owned(),
+        })
+}
+
+/// The status of the Component `reference` in `env` (for graph nodes).
+pub async fn status_in(
+    store: &Store,
+    tenant: &str,
+    reference: &str,
+    env: &Env,
+) -> Result<Option<pb::EnvironmentStatus>, Error> {
+    let component = Component {
+        reference: reference.to_owned(),
+        ..Default::default()
+    };
+    Ok(
+        status_of(store, tenant, &component, std::slice::from_ref(env), false)
+            .await?
+            .environments
+            .pop(),
+    )
 }
 
 /// A Component as the catalog describes it (empty fields when it is not in the catalog).

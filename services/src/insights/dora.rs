@@ -257,18 +257,7 @@ async fn scope(
     }
     let key: EntityKey = parse_name_or_ref("scope", tenant, &req.scope, Some("component"))?;
     let reference = key.ref_key();
-    let exists: Option<String> =
-        sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-            .bind(tenant)
-            .bind(&reference)
-            .fetch_optional(store.pool())
-            .await?;
-    if exists.is_none() {
-        return Err(Error::NotFound {
-            resource_type: "entity",
-            name: req.scope.clone(),
-        });
-    }
+    super::entity_require(store, tenant, &reference, &req.scope).await?;
     let components_where = |column: &str, values: &[String]| {
         let mut sql = Sql::new();
         let t = sql.text(tenant);

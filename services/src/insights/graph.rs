@@ -132,18 +132,7 @@ pub async fn dependency_graph_get(
             ));
         }
         let reference = key.ref_key();
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-                .bind(&tenant)
-                .bind(&reference)
-                .fetch_optional(store.pool())
-                .await?;
-        if found.is_none() {
-            return Err(Error::NotFound {
-                resource_type: "entity",
-                name: text.clone(),
-            });
-        }
+        super::entity_require(store, &tenant, &reference, text).await?;
         if key.kind == "system" {
             let members: Vec<String> = sqlx::query_scalar(
                 "SELECT ref FROM catalog_entities WHERE tenant = $1 AND kind = 'component' AND system_ref = $2 ORDER BY ref",

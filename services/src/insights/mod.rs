@@ -16,6 +16,28 @@ use crate::store::Store;
 /// `catalog.v1.RelationType.RELATION_TYPE_PARENT_OF`, as stored in `catalog_relations.type`.
 const PARENT_OF: i64 = 13;
 
+/// NOT_FOUND (naming the entity as the caller wrote it) unless the catalog holds `reference`.
+async fn entity_require(
+    store: &Store,
+    tenant: &str,
+    reference: &str,
+    as_written: &str,
+) -> Result<(), Error> {
+    let found: Option<String> =
+        sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+            .bind(tenant)
+            .bind(reference)
+            .fetch_optional(store.pool())
+            .await?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(Error::NotFound {
+            resource_type: "entity",
+            name: as_written.to_owned(),
+        }),
+    }
+}
+
 /// A Group and, with `descendants`, every Group below it through `parentOf` (breadth-first; the
 /// visited list ends cycles).
 async fn groups_under(

@@ -369,18 +369,7 @@ pub async fn service_statuses_list(
     if !req.scope.is_empty() {
         let key = parse_name_or_ref("scope", &tenant, &req.scope, None)?;
         let reference = key.ref_key();
-        let exists: Option<String> =
-            sqlx::query_scalar("SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-                .bind(&tenant)
-                .bind(&reference)
-                .fetch_optional(store.pool())
-                .await?;
-        if exists.is_none() {
-            return Err(Error::NotFound {
-                resource_type: "entity",
-                name: req.scope.clone(),
-            });
-        }
+        super::entity_require(store, &tenant, &reference, &req.scope).await?;
         let (column, values) = match key.kind.as_str() {
             "system" => ("c.system_ref", vec![reference]),
             "group" => (

@@ -193,29 +193,20 @@ async fn secret_write(
     Ok(())
 }
 
-/// Recounts a secret's versions by state into its body.
-async fn secret_counts_refresh(tx: &mut WriteTx, secret: &mut SecretRow) -> Result<(), Error> {
-    let rows = sqlx::query(
-        "SELECT state, COUNT(*) AS n FROM secret_versions WHERE tenant = $1 AND secret = $2 GROUP BY state",
-    )
-    .bind(&secret.tenant)
-    .bind(&secret.id)
-    .fetch_all(&mut **tx)
-    .await?;
-    let (mut enabled, mut disabled, mut destroyed) = (0, 0, 0);
-    for row in rows {
-        let n = i32::try_from(row.try_get::<i64, _>("n")?).unwrap_or(i32::MAX);
-        match row.try_get::<i64, _>("state")? {
-            ENABLED => enabled = n,
-            DISABLED => disabled = n,
-            DESTROYED => destroyed = n,
-            _ => {}
-        }
+/// Moves one version's count in the secret's body from state `from` (0 for a new version) to
+/// `to`. The secret's row is locked by the caller, so the counts stay exact without recounting
+/// every version on each change.
+fn secret_counts_move(secret: &mut SecretRow, from: i64, to: i64) {
+    let body = &mut secret.body;
+    for (state, delta) in [(from, -1), (to, 1)] {
+        let count = match state {
+            ENABLED => &mut body.enabled_version_count,
+            DISABLED => &mut body.disabled_version_count,
+            DESTROYED => &mut body.destroyed_version_count,
+            _ => continue,
+        };
+        *count = (*count + delta).max(0);
     }
-    secret.body.enabled_version_count = enabled;
-    secret.body.disabled_version_count = disabled;
-    secret.body.destroyed_version_count = destroyed;
-    Ok(())
 }
 
 fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
@@ -969,7 +960,7 @@ impl SecretService {
             .execute(&mut *tx)
             .await?;
             secret.body.latest_version_number = number;
-            secret_counts_refresh(&mut tx, &mut secret).await?;
+            secret_counts_move(&mut secret, 0, ENABLED);
             secret_write(&mut tx, &mut secret, false, false).await?;
             idempotency::remember(&mut tx, ctx, &req.request_id, &version).await?;
             Ok(version)
@@ -1181,7 +1172,7 @@ impl SecretService {
                 .execute(&mut *tx)
                 .await?;
             }
-            secret_counts_refresh(&mut tx, &mut secret).await?;
+            secret_counts_move(&mut secret, state, target);
             secret_write(&mut tx, &mut secret, false, false).await?;
             let updated = version_find(&mut *tx, &tenant, &id, version)
                 .await?

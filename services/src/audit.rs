@@ -462,6 +462,16 @@ fn record_from_row(row: &AnyRow) -> Result<StoredEvent, String> {
     ))
 }
 
+/// Microseconds since the epoch of an optional timestamp (saturating: a hostile value cannot
+/// overflow), the inverse of [`timestamp`].
+pub fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
+    t.as_ref().map(|t| {
+        t.seconds
+            .saturating_mul(1_000_000)
+            .saturating_add(i64::from(t.nanos) / 1000)
+    })
+}
+
 pub fn timestamp(micros: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: micros.div_euclid(1_000_000),

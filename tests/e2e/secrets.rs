@@ -191,6 +191,33 @@ async fn bind(admin: &TestClient, tenant: &str, id: &str, principal: &str, role:
         .expect("bind");
 }
 
+/// Sets the secret bindings of environment `env` (only that field).
+async fn bind_secrets(
+    client: &TestClient,
+    env: &str,
+    bindings: &[(&str, &str)],
+) -> Result<epb::Environment, tonic::Status> {
+    environments(client)
+        .update_environment(
+            client.req(epb::UpdateEnvironmentRequest {
+                environment: Some(epb::Environment {
+                    name: format!("tenants/acme/environments/{env}"),
+                    secret_bindings: bindings
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["secret_bindings".into()],
+                }),
+                ..Default::default()
+            }),
+        )
+        .await
+        .map(|r| r.into_inner())
+}
+
 /// An environment whose deploy step writes the injected value to `$OUT_DIR/<deployment id>` and
 /// echoes it (the log must mask it).
 async fn injecting_environment(admin: &TestClient, id: &str, out_dir: &Path, binding: &str) {
@@ -827,18 +854,7 @@ storage_test!(
             ("tenants/other/secrets/db", "environment's tenant"),
             ("not-a-name", "must be"),
         ] {
-            let err = environments(&admin)
-                .update_environment(admin.req(epb::UpdateEnvironmentRequest {
-                    environment: Some(epb::Environment {
-                        name: "tenants/acme/environments/dev".into(),
-                        secret_bindings: [("X".to_owned(), binding.to_owned())].into(),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["secret_bindings".into()],
-                    }),
-                    ..Default::default()
-                }))
+            let err = bind_secrets(&admin, "dev", &[("X", binding)])
                 .await
                 .expect_err(binding);
             assert_eq!(err.code(), Code::InvalidArgument, "{binding}");
@@ -853,18 +869,7 @@ storage_test!(
         )
         .await;
         create_secret(&admin, "prod-only", "tenants/acme/environments/prod").await;
-        let scoped = environments(&admin)
-            .update_environment(admin.req(epb::UpdateEnvironmentRequest {
-                environment: Some(epb::Environment {
-                    name: "tenants/acme/environments/dev".into(),
-                    secret_bindings: [("X".to_owned(), secret_name("prod-only"))].into(),
-                    ..Default::default()
-                }),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["secret_bindings".into()],
-                }),
-                ..Default::default()
-            }))
+        let scoped = bind_secrets(&admin, "dev", &[("X", &secret_name("prod-only"))])
             .await
             .expect_err("scoped to prod");
         assert_eq!(scoped.code(), Code::InvalidArgument);
@@ -922,18 +927,7 @@ async fn who_may_read_values() {
         "",
     )
     .await;
-    let bind_denied = environments(&dana)
-        .update_environment(dana.req(epb::UpdateEnvironmentRequest {
-            environment: Some(epb::Environment {
-                name: "tenants/acme/environments/dev".into(),
-                secret_bindings: [("DB".to_owned(), secret_name("db"))].into(),
-                ..Default::default()
-            }),
-            update_mask: Some(prost_types::FieldMask {
-                paths: vec!["secret_bindings".into()],
-            }),
-            ..Default::default()
-        }))
+    let bind_denied = bind_secrets(&dana, "dev", &[("DB", &secret_name("db"))])
         .await
         .expect_err("binding needs access");
     assert_eq!(

@@ -21,7 +21,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Status};
 use tracing::instrument;
 
-use crate::audit::{AuditLog, WatchAccess, timestamp};
+use crate::audit::{AuditLog, WatchAccess, micros, timestamp};
 use crate::authz::Gate;
 use crate::catalog::model;
 use crate::context::CallContext;
@@ -92,11 +92,6 @@ fn deployment_from_row(row: &sqlx::any::AnyRow) -> Result<DeploymentRow, Error> 
         lease_owner: row.try_get("lease_owner")?,
         cancel_requested: row.try_get::<i64, _>("cancel_requested")? == 1,
     })
-}
-
-fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref()
-        .map(|t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
 }
 
 /// Writes a deployment's body and mirrored columns with a new etag and update time. `lease`

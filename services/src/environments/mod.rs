@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Status};
 use tracing::instrument;
 
-use crate::audit::{AuditLog, WatchAccess, timestamp};
+use crate::audit::{AuditLog, WatchAccess, micros, timestamp};
 use crate::authz::Gate;
 use crate::config::EngineConfig;
 use crate::context::CallContext;
@@ -120,14 +120,6 @@ async fn environment_load_for_update(
         .execute(&mut **tx)
         .await?;
     environment_load(&mut **tx, tenant, id).await
-}
-
-fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(|t| {
-        t.seconds
-            .saturating_mul(1_000_000)
-            .saturating_add(i64::from(t.nanos) / 1000)
-    })
 }
 
 fn expire_micros(env: &pb::Environment) -> Option<i64> {

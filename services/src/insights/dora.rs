@@ -15,7 +15,7 @@ use platform_api::platform::environments::v1 as epb;
 use platform_api::platform::insights::v1 as pb;
 use sqlx::Row;
 
-use crate::audit::timestamp;
+use crate::audit::{micros, timestamp};
 use crate::catalog::{EntityKey, parse_name_or_ref};
 use crate::error::Error;
 use crate::filter::{Param, bind_params};
@@ -126,14 +126,6 @@ struct Percentiles {
     n: i64,
     median: Option<i64>,
     p90: Option<i64>,
-}
-
-fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(|t| {
-        t.seconds
-            .saturating_mul(1_000_000)
-            .saturating_add(i64::from(t.nanos) / 1000)
-    })
 }
 
 fn duration(us: i64) -> prost_types::Duration {

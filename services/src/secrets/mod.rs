@@ -27,7 +27,7 @@ use tonic::Request;
 use tracing::instrument;
 use zeroize::Zeroizing;
 
-use crate::audit::{AuditLog, AuditRecord, Outcome, timestamp};
+use crate::audit::{AuditLog, AuditRecord, Outcome, micros, timestamp};
 use crate::context::CallContext;
 use crate::error::{Error, FieldViolation, RpcResult, respond};
 use crate::filter::{self, Op, Param, bind_params};
@@ -207,14 +207,6 @@ fn secret_counts_move(secret: &mut SecretRow, from: i64, to: i64) {
         };
         *count = (*count + delta).max(0);
     }
-}
-
-fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    t.as_ref().map(|t| {
-        t.seconds
-            .saturating_mul(1_000_000)
-            .saturating_add(i64::from(t.nanos) / 1000)
-    })
 }
 
 const VERSION_COLUMNS: &str = "v.tenant, v.secret, v.number, v.uid, v.state, v.create_time_us, v.update_time_us, \

@@ -14,49 +14,24 @@ use std::time::{Duration, Instant};
 use platform_api::platform::catalog::v1 as cat;
 use platform_api::platform::deployments::v1 as dpb;
 use platform_api::platform::environments::v1 as epb;
-use platform_api::platform::iam::v1 as iam;
 use platformd::config::DatabaseUrl;
-use tonic::transport::Channel;
+
+mod common;
+use common::{PostgresDb, Server, req};
 
 const COMPONENTS: usize = 50;
-
-fn req<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-async fn start(
-    database: &DatabaseUrl,
-    data_dir: &std::path::Path,
-    workers: usize,
-) -> (
-    String,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let mut config = platformd::Config::for_data_dir(data_dir);
-    config.database = database.clone();
-    config.engine.workers = workers;
-    config.engine.poll = Duration::from_millis(100);
-    let app = platformd::App::build(config).await.expect("server starts");
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = app
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    (format!("http://{addr}"), stop, server)
+/// A server on `database`; `workers` engine workers (0: the API alone) polling every 100 ms.
+async fn start(database: &DatabaseUrl, data_dir: &std::path::Path, workers: usize) -> Server {
+    Server::start(database, data_dir, |config| {
+        config.engine.workers = workers;
+        config.engine.poll = Duration::from_millis(100);
+    })
+    .await
 }
 
 async fn run(
@@ -67,26 +42,9 @@ async fn run(
     callers: usize,
 ) {
     // Phase 1: creates only (no workers), so the figure is the API's.
-    let (uri, stop, server) = start(&database, data_dir, 0).await;
-    let token = std::fs::read_to_string(data_dir.join(platformd::server::BOOTSTRAP_TOKEN_FILE))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let channel = Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    iam::iam_service_client::IamServiceClient::new(channel.clone())
-        .create_tenant(req(
-            &token,
-            iam::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("tenant");
+    let server = start(&database, data_dir, 0).await;
+    server.create_tenant("acme").await;
+    let (channel, token) = (server.channel.clone(), server.token.clone());
     let docs: String = (0..COMPONENTS)
         .map(|i| format!("---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: svc-{i}\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n"))
         .collect();
@@ -164,17 +122,12 @@ async fn run(
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     let creates = total as f64 / elapsed.as_secs_f64();
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
 
     // Phase 2: a server with workers drains the queue (noop driver, 50 lanes).
-    let (uri, stop, server) = start(&database, data_dir, 8).await;
-    let channel = Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut client = dpb::deployment_service_client::DeploymentServiceClient::new(channel);
+    let server = start(&database, data_dir, 8).await;
+    let mut client =
+        dpb::deployment_service_client::DeploymentServiceClient::new(server.channel.clone());
     let started = Instant::now();
     loop {
         let left = client
@@ -197,8 +150,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let driven = total as f64 / started.elapsed().as_secs_f64();
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
     println!(
         "| {name} | {total} | {callers} | {creates:.0} | {:.2} / {:.2} | {driven:.0} |",
         ms(at(0.5)),
@@ -227,14 +179,10 @@ fn main() {
             run("SQLite", DatabaseUrl::Sqlite(dir.path().join("platform.db")), dir.path(), total, callers).await;
         }
         if let Ok(admin_url) = std::env::var("PLATFORM_BENCH_POSTGRES_URL") {
-            use sqlx::Connection;
-            let name = format!("platform_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-            sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create db");
-            let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin_url.clone());
+            let db = PostgresDb::create(&admin_url).await;
             let pg_dir = tempfile::tempdir().expect("tempdir");
-            run("PostgreSQL", DatabaseUrl::Postgres(format!("{base}/{name}")), pg_dir.path(), total, callers).await;
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await;
+            run("PostgreSQL", db.url.clone(), pg_dir.path(), total, callers).await;
+            db.drop().await;
         }
     });
 }

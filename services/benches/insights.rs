@@ -10,21 +10,13 @@
 use std::time::{Duration, Instant};
 
 use platform_api::platform::environments::v1 as epb;
-use platform_api::platform::iam::v1 as iam;
 use platform_api::platform::insights::v1 as ipb;
 use platformd::config::DatabaseUrl;
-use tonic::transport::Channel;
+
+mod common;
+use common::{PostgresDb, Server, req};
 
 const DAY_US: i64 = 86_400_000_000;
-
-fn req<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
 
 /// A small deterministic generator, so every run seeds the same history.
 struct Lcg(u64);
@@ -39,39 +31,13 @@ impl Lcg {
 }
 
 async fn run(name: &str, database: DatabaseUrl, data_dir: &std::path::Path, total: usize) {
-    let mut config = platformd::Config::for_data_dir(data_dir);
-    config.database = database;
-    config.engine.workers = 0;
-    let app = platformd::App::build(config).await.expect("server starts");
-    let store = app.store().clone();
-    let uri = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = app
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    let token = std::fs::read_to_string(data_dir.join(platformd::server::BOOTSTRAP_TOKEN_FILE))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let channel = Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    iam::iam_service_client::IamServiceClient::new(channel.clone())
-        .create_tenant(req(
-            &token,
-            iam::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("tenant");
+    let server = Server::start(&database, data_dir, |c| c.engine.workers = 0).await;
+    server.create_tenant("acme").await;
+    let (channel, token, store) = (
+        server.channel.clone(),
+        server.token.clone(),
+        server.store.clone(),
+    );
     let docs: String = (0..20)
         .map(|i| format!("---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: svc-{i}\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n"))
         .collect();
@@ -205,8 +171,7 @@ async fn run(name: &str, database: DatabaseUrl, data_dir: &std::path::Path, tota
         ms(daily.0),
         ms(daily.1)
     );
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
 }
 
 fn main() {
@@ -226,14 +191,10 @@ fn main() {
             run("SQLite", DatabaseUrl::Sqlite(dir.path().join("platform.db")), dir.path(), total).await;
         }
         if let Ok(admin_url) = std::env::var("PLATFORM_BENCH_POSTGRES_URL") {
-            use sqlx::Connection;
-            let db = format!("platform_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-            sqlx::query(&format!("CREATE DATABASE \"{db}\"")).execute(&mut admin).await.expect("create db");
-            let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin_url.clone());
+            let db = PostgresDb::create(&admin_url).await;
             let pg_dir = tempfile::tempdir().expect("tempdir");
-            run("PostgreSQL", DatabaseUrl::Postgres(format!("{base}/{db}")), pg_dir.path(), total).await;
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&mut admin).await;
+            run("PostgreSQL", db.url.clone(), pg_dir.path(), total).await;
+            db.drop().await;
         }
     });
 }

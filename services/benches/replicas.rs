@@ -15,52 +15,12 @@ use std::time::{Duration, Instant};
 use platform_api::platform::catalog::v1 as cat;
 use platform_api::platform::deployments::v1 as dpb;
 use platform_api::platform::environments::v1 as epb;
-use platform_api::platform::iam::v1 as iam;
-use platformd::config::DatabaseUrl;
 use tonic::transport::Channel;
 
+mod common;
+use common::{PostgresDb, Server, req};
+
 const COMPONENTS: usize = 50;
-
-fn req<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
-
-struct Replica {
-    channel: Channel,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn replica(database: &DatabaseUrl, data_dir: &std::path::Path) -> Replica {
-    let mut config = platformd::Config::for_data_dir(data_dir);
-    config.database = database.clone();
-    config.engine.workers = 0; // the API's figures, not the engine's
-    let app = platformd::App::build(config).await.expect("replica starts");
-    let uri = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let _ = app
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    let channel = Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    Replica {
-        channel,
-        stop,
-        task,
-    }
-}
 
 /// Runs `call` from `callers` tasks over the replicas' channels (caller i uses replica i mod n)
 /// for `seconds`; returns calls per second, median and p99 in ms.
@@ -108,16 +68,6 @@ where
 }
 
 async fn seed(channel: Channel, token: &str) {
-    iam::iam_service_client::IamServiceClient::new(channel.clone())
-        .create_tenant(req(
-            token,
-            iam::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("tenant");
     let docs: String = (0..COMPONENTS)
         .map(|i| format!("---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: svc-{i}\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n"))
         .collect();
@@ -170,31 +120,20 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        use sqlx::Connection;
-        let name = format!("platform_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await
-            .expect("create db");
-        let base = admin_url
-            .rsplit_once('/')
-            .map(|(b, _)| b.to_owned())
-            .unwrap_or(admin_url.clone());
-        let database = DatabaseUrl::Postgres(format!("{base}/{name}"));
+        let db = PostgresDb::create(&admin_url).await;
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut replicas = vec![replica(&database, dir.path()).await];
-        let token = std::fs::read_to_string(dir.path().join(platformd::server::BOOTSTRAP_TOKEN_FILE))
-            .expect("token")
-            .trim()
-            .to_owned();
+        // Each replica: its own port, pool and policy engine; the API's figures, no engine.
+        let replica = || Server::start(&db.url, dir.path(), |c| c.engine.workers = 0);
+        let mut replicas = vec![replica().await];
+        replicas[0].create_tenant("acme").await;
+        let token = replicas[0].token.clone();
         seed(replicas[0].channel.clone(), &token).await;
         println!("| replicas | callers | creates/s | create ms median / p99 | ratio | reads/s (GetEnvironment) | read ms median / p99 | ratio |");
         println!("|---|---|---|---|---|---|---|---|");
         let (mut base_creates, mut base_reads) = (0.0, 0.0);
         for n in 1..=3 {
             while replicas.len() < n {
-                replicas.push(replica(&database, dir.path()).await);
+                replicas.push(replica().await);
             }
             let channels: Vec<Channel> = replicas.iter().map(|r| r.channel.clone()).collect();
             let t = token.clone();
@@ -260,11 +199,8 @@ fn main() {
             );
         }
         for r in replicas {
-            let _ = r.stop.send(());
-            let _ = r.task.await;
+            r.stop().await;
         }
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-            .execute(&mut admin)
-            .await;
+        db.drop().await;
     });
 }

@@ -10,19 +10,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use platform_api::platform::iam::v1 as iam;
 use platform_api::platform::secrets::v1 as spb;
 use platformd::config::DatabaseUrl;
-use tonic::transport::Channel;
 
-fn req<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
-}
+mod common;
+use common::{PostgresDb, Server, req};
 
 /// Runs `call` from `callers` tasks for `seconds`; returns (calls/s, median ms, p99 ms).
 async fn drive<F, Fut>(callers: usize, seconds: u64, call: F) -> (f64, f64, f64)
@@ -66,38 +58,9 @@ async fn run(
     seconds: u64,
     callers: usize,
 ) {
-    let mut config = platformd::Config::for_data_dir(data_dir);
-    config.database = database;
-    config.engine.workers = 0;
-    let app = platformd::App::build(config).await.expect("server starts");
-    let uri = format!("http://{}", app.local_addr());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        let _ = app
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
-    let token = std::fs::read_to_string(data_dir.join(platformd::server::BOOTSTRAP_TOKEN_FILE))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let channel = Channel::from_shared(uri)
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    iam::iam_service_client::IamServiceClient::new(channel.clone())
-        .create_tenant(req(
-            &token,
-            iam::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            },
-        ))
-        .await
-        .expect("tenant");
+    let server = Server::start(&database, data_dir, |c| c.engine.workers = 0).await;
+    server.create_tenant("acme").await;
+    let (channel, token) = (server.channel.clone(), server.token.clone());
     let mut secrets = spb::secret_service_client::SecretServiceClient::new(channel.clone());
     secrets
         .create_secret(req(
@@ -185,8 +148,7 @@ async fn run(
         "| {name} | AddSecretVersion | {add:.0} | {d50:.2} / {d99:.2} | {:.2} |",
         add / health
     );
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
 }
 
 fn main() {
@@ -215,31 +177,17 @@ fn main() {
         )
         .await;
         if let Ok(admin_url) = std::env::var("PLATFORM_BENCH_POSTGRES_URL") {
-            use sqlx::Connection;
-            let db = format!("platform_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&admin_url)
-                .await
-                .expect("postgres");
-            sqlx::query(&format!("CREATE DATABASE \"{db}\""))
-                .execute(&mut admin)
-                .await
-                .expect("create db");
-            let base = admin_url
-                .rsplit_once('/')
-                .map(|(b, _)| b.to_owned())
-                .unwrap_or(admin_url.clone());
+            let db = PostgresDb::create(&admin_url).await;
             let pg_dir = tempfile::tempdir().expect("tempdir");
             run(
                 "PostgreSQL",
-                DatabaseUrl::Postgres(format!("{base}/{db}")),
+                db.url.clone(),
                 pg_dir.path(),
                 seconds,
                 callers,
             )
             .await;
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                .execute(&mut admin)
-                .await;
+            db.drop().await;
         }
     });
 }

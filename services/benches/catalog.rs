@@ -8,9 +8,10 @@
 use std::time::{Duration, Instant};
 
 use platform_api::platform::catalog::v1 as cat;
-use platform_api::platform::iam::v1 as iam;
 use platformd::config::DatabaseUrl;
-use tonic::transport::Channel;
+
+mod common;
+use common::{PostgresDb, Server, req};
 
 const TENANTS: usize = 5;
 const OWNERS: usize = 1000;
@@ -31,15 +32,6 @@ fn percentiles(mut samples: Vec<Duration>) -> Percentiles {
         median: at(0.5),
         p99: at(0.99),
     }
-}
-
-fn req<T>(token: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii"),
-    );
-    request
 }
 
 /// A small deterministic generator (no extra dependency).
@@ -71,24 +63,8 @@ fn component_yaml(i: usize, rng: &mut Lcg) -> String {
 }
 
 async fn run(name: &str, database: DatabaseUrl, data_dir: &std::path::Path, entities: usize) {
-    let mut config = platformd::Config::for_data_dir(data_dir);
-    config.database = database;
-    let app = platformd::App::build(config).await.expect("server starts");
-    let addr = app.local_addr();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    let token = std::fs::read_to_string(data_dir.join(platformd::server::BOOTSTRAP_TOKEN_FILE))
-        .expect("token")
-        .trim()
-        .to_owned();
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut iam_client = iam::iam_service_client::IamServiceClient::new(channel.clone());
+    let server = Server::start(&database, data_dir, |_| {}).await;
+    let (channel, token) = (server.channel.clone(), server.token.clone());
     let mut catalog = cat::catalog_service_client::CatalogServiceClient::new(channel.clone())
         .max_decoding_message_size(64 * 1024 * 1024);
     let per_tenant = entities / TENANTS;
@@ -96,16 +72,7 @@ async fn run(name: &str, database: DatabaseUrl, data_dir: &std::path::Path, enti
     let mut import_rate = Vec::new();
     for t in 0..TENANTS {
         let tenant = format!("t{t}");
-        iam_client
-            .create_tenant(req(
-                &token,
-                iam::CreateTenantRequest {
-                    tenant_id: tenant.clone(),
-                    ..Default::default()
-                },
-            ))
-            .await
-            .expect("tenant");
+        server.create_tenant(&tenant).await;
         let started = Instant::now();
         let mut i = 0;
         while i < per_tenant {
@@ -215,8 +182,7 @@ async fn run(name: &str, database: DatabaseUrl, data_dir: &std::path::Path, enti
         tr.median.as_secs_f64() * 1e3,
         tr.p99.as_secs_f64() * 1e3,
     );
-    let _ = stop.send(());
-    let _ = server.await;
+    server.stop().await;
 }
 
 fn main() {
@@ -236,14 +202,10 @@ fn main() {
             run("SQLite", DatabaseUrl::Sqlite(dir.path().join("platform.db")), dir.path(), entities).await;
         }
         if let Ok(admin_url) = std::env::var("PLATFORM_BENCH_POSTGRES_URL") {
-            use sqlx::Connection;
-            let name = format!("platform_bench_{}", uuid::Uuid::new_v4().simple());
-            let mut admin = sqlx::PgConnection::connect(&admin_url).await.expect("postgres");
-            sqlx::query(&format!("CREATE DATABASE \"{name}\"")).execute(&mut admin).await.expect("create db");
-            let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin_url.clone());
+            let db = PostgresDb::create(&admin_url).await;
             let pg_dir = tempfile::tempdir().expect("tempdir");
-            run("PostgreSQL", DatabaseUrl::Postgres(format!("{base}/{name}")), pg_dir.path(), entities).await;
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut admin).await;
+            run("PostgreSQL", db.url.clone(), pg_dir.path(), entities).await;
+            db.drop().await;
         }
     });
 }

@@ -516,6 +516,11 @@ impl Engine {
                                 .await
                         }
                     };
+                    if self.store.pool().is_closed() {
+                        // Shutting down: the step's lease runs out and another worker (or this
+                        // server after a restart) takes it up; nothing to warn about.
+                        return;
+                    }
                     if let Err(err) = result {
                         tracing::warn!(error = %err, "a deployment step ended with a storage error; its lease will expire and it will be retried");
                     }
@@ -523,6 +528,7 @@ impl Engine {
                     continue;
                 }
                 Ok(None) => {}
+                Err(_) if self.store.pool().is_closed() => return, // shutting down
                 Err(err) => tracing::warn!(error = %err, "could not look for deployment work"),
             }
             let _ = tokio::time::timeout(self.config.poll, woken).await;

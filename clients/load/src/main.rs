@@ -58,6 +58,10 @@ struct Args {
     #[arg(long)]
     platformd: Option<PathBuf>,
 
+    /// An extra argument for `platformd serve` (repeatable), e.g. `--platformd-arg=--sqlite-mmap-mib=0`.
+    #[arg(long = "platformd-arg", allow_hyphen_values = true)]
+    platformd_args: Vec<String>,
+
     /// Drive an already running server at this address instead of starting one (seeds a new
     /// tenant in it; needs a platform-admin `--token`). Memory is measured only with `--server-pid`.
     #[arg(long, conflicts_with = "engines")]
@@ -213,10 +217,10 @@ async fn run_engine(
 ) -> anyhow::Result<EngineRun> {
     eprintln!("{label}: starting {}", binary.display());
     let mut run = EngineRun::new(label);
-    let server = Platformd::start(binary, data_dir, database, &[]).await?;
+    let server = Platformd::start(binary, data_dir, database, &args.platformd_args).await?;
     run.start_empty_ms = Some(server.time_to_serving.as_secs_f64() * 1000.0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run.idle_rss_empty = server::memory(server.pid()).map(|(rss, _)| rss);
+    run.idle_rss_empty = server::memory(server.pid()).map(|m| m.rss);
     let token = server.bootstrap_token()?;
     let channels = connect(&server.addr, args.connections).await?;
     let fixture = Arc::new(seed::seed(channels[0].clone(), &token, "load", args.entities).await?);
@@ -226,17 +230,55 @@ async fn run_engine(
         eprintln!("  {}", report::summary_line(&measured));
         run.push(measured);
     }
-    run.peak_rss = server::memory(server.pid()).map(|(_, hwm)| hwm);
+    run.peak_rss = server::memory(server.pid()).map(|m| m.peak);
+    // The engine is still running what the create scenarios queued; let it finish, so the
+    // restart below measures an idle server (and say how long the backlog took).
+    run.backlog_drain_secs = drain_backlog(channels[0].clone(), &fixture).await?;
     drop(channels);
     server.stop().await?;
 
-    let server = Platformd::start(binary, data_dir, database, &[]).await?;
+    let server = Platformd::start(binary, data_dir, database, &args.platformd_args).await?;
     run.start_seeded_ms = Some(server.time_to_serving.as_secs_f64() * 1000.0);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    run.idle_rss_seeded = server::memory(server.pid()).map(|(rss, _)| rss);
+    run.idle_rss_seeded = server::memory(server.pid()).map(|m| m.rss);
     server.stop().await?;
     Ok(run)
 }
+
+/// Waits (at most [`DRAIN_LIMIT`]) until no deployment of the fixture's tenant is queued or
+/// running; the seconds it took, or `None` if the backlog outlasted the limit.
+async fn drain_backlog(channel: Channel, fixture: &seed::Fixture) -> anyhow::Result<Option<f64>> {
+    use platform_api::platform::deployments::v1 as dep;
+    let mut client = dep::deployment_service_client::DeploymentServiceClient::new(channel);
+    let started = std::time::Instant::now();
+    loop {
+        let left = client
+            .list_deployments(req(
+                &fixture.developer_token,
+                dep::ListDeploymentsRequest {
+                    parent: format!("tenants/{}", fixture.tenant),
+                    filter: "state = \"QUEUED\" OR state = \"RUNNING\"".into(),
+                    page_size: 1,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .context("ListDeployments")?
+            .into_inner()
+            .total_size;
+        if left == 0 {
+            return Ok(Some(started.elapsed().as_secs_f64()));
+        }
+        if started.elapsed() > DRAIN_LIMIT {
+            eprintln!("  {left} deployments still queued or running after {DRAIN_LIMIT:?}");
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// How long [`drain_backlog`] waits.
+const DRAIN_LIMIT: Duration = Duration::from_secs(180);
 
 /// `connections` separate HTTP/2 connections to `addr`.
 async fn connect(addr: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {

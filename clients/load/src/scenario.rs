@@ -88,8 +88,10 @@ pub struct Measured {
     pub max_ms: f64,
     /// Failed calls in the measured period by gRPC code name.
     pub errors: BTreeMap<String, u64>,
-    /// The server's largest resident set sampled during the measured period, in bytes.
+    /// The server's largest resident set sampled during the measured period, in bytes: all of
+    /// it, and the anonymous part alone (without SQLite's mapped file pages).
     pub peak_rss_bytes: Option<u64>,
+    pub peak_rss_anon_bytes: Option<u64>,
 }
 
 /// One caller's typed clients on its connection.
@@ -310,14 +312,15 @@ pub async fn drive(
     let sampler = server_pid.map(|pid| {
         tokio::spawn(async move {
             tokio::time::sleep_until(measure_from.into()).await;
-            let mut peak = 0;
+            let (mut rss, mut anon) = (0, 0);
             while Instant::now() < measure_until {
-                if let Some((rss, _)) = crate::server::memory(pid) {
-                    peak = peak.max(rss);
+                if let Some(memory) = crate::server::memory(pid) {
+                    rss = rss.max(memory.rss);
+                    anon = anon.max(memory.anon);
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            peak
+            (rss, anon)
         })
     });
     let mut latencies = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
@@ -330,9 +333,9 @@ pub async fn drive(
             }
         }
     }
-    let peak_rss_bytes = match sampler {
-        Some(task) => task.await.ok(),
-        None => None,
+    let (peak_rss_bytes, peak_rss_anon_bytes) = match sampler {
+        Some(task) => task.await.ok().unzip(),
+        None => (None, None),
     };
     let seconds = load.duration.as_secs_f64();
     let ms = |q: f64| latencies.value_at_quantile(q) as f64 / 1000.0;
@@ -348,5 +351,6 @@ pub async fn drive(
         max_ms: latencies.max() as f64 / 1000.0,
         errors,
         peak_rss_bytes,
+        peak_rss_anon_bytes,
     }
 }

@@ -45,7 +45,11 @@ fn component(i: usize, owners: usize) -> String {
     let kind = ["service", "website", "library"][i % 3];
     let lifecycle = ["production", "experimental"][i % 2];
     let depends = if i > 0 {
-        format!("[\"component:svc-{}\"]", (i * 7919) % i)
+        // A pseudo-random earlier component, so relations spread over the catalog.
+        format!(
+            "[\"component:svc-{}\"]",
+            (i.wrapping_mul(2_654_435_761) >> 16) % i
+        )
     } else {
         "[]".to_owned()
     };

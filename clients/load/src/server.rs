@@ -144,8 +144,19 @@ impl Drop for Platformd {
     }
 }
 
-/// Resident memory of process `pid` in bytes: `VmRSS` (now) and `VmHWM` (peak since start).
-pub fn memory(pid: u32) -> Option<(u64, u64)> {
+/// Resident memory of a process, in bytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Memory {
+    /// `VmRSS`: resident now, anonymous and file-backed (SQLite's memory map) together.
+    pub rss: u64,
+    /// `RssAnon`: the process's own heap and stacks, without mapped file pages.
+    pub anon: u64,
+    /// `VmHWM`: the peak of `rss` since the process started.
+    pub peak: u64,
+}
+
+/// The memory of process `pid` from `/proc/{pid}/status` (Linux).
+pub fn memory(pid: u32) -> Option<Memory> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
@@ -160,7 +171,11 @@ pub fn memory(pid: u32) -> Option<(u64, u64)> {
             })
             .map(|kib| kib * 1024)
     };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some(Memory {
+        rss: field("VmRSS:")?,
+        anon: field("RssAnon:")?,
+        peak: field("VmHWM:")?,
+    })
 }
 
 /// A fresh PostgreSQL database for one run, created from an admin URL and dropped afterwards.

@@ -1100,6 +1100,7 @@ impl Engine {
                                 let _ = cancel_tx.send(true);
                             }
                         }
+                        Err(_) if self.store.pool().is_closed() => {} // shutting down
                         Err(err) => tracing::warn!(error = %err, "could not renew a deployment lease"),
                     }
                 }

@@ -1240,6 +1240,9 @@ impl EnvironmentService {
             let ttl = service.config.reaper_interval * 3;
             loop {
                 tokio::time::sleep(service.config.reaper_interval).await;
+                if service.store.pool().is_closed() {
+                    return; // shutting down
+                }
                 match service.store.task_lease("environment-reaper", ttl).await {
                     Ok(true) => {}
                     Ok(false) => continue, // another replica reaps

@@ -186,3 +186,54 @@ storage_test!(
         second.close().await;
     }
 );
+
+/// A burst of writes larger than the WAL limit (8,192 frames, 32 MiB) leaves a WAL that the
+/// background checkpointer resets and truncates, instead of one that only ever grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpointer_resets_a_long_wal() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let store = Store::connect(&db.database, &pool_settings())
+        .await
+        .expect("connect");
+    store.migrate().await.expect("migrate");
+    let wal = db.data_dir.path().join("platform.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+
+    sqlx::query("CREATE TABLE scratch (data BLOB NOT NULL)")
+        .execute(store.pool())
+        .await
+        .expect("table");
+    // 48 MiB in back-to-back transactions, with no checkpointer running yet.
+    for _ in 0..12 {
+        let mut tx = store.write_tx().await.expect("tx");
+        for _ in 0..64 {
+            sqlx::query("INSERT INTO scratch (data) VALUES (randomblob(65536))")
+                .execute(&mut *tx)
+                .await
+                .expect("insert");
+        }
+        tx.commit().await.expect("commit");
+    }
+    assert!(
+        wal_len() > 40 << 20,
+        "the WAL holds the burst: {}",
+        wal_len()
+    );
+
+    store.start_checkpointer(std::time::Duration::from_millis(50));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while wal_len() > 1 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the WAL was not reset: {} bytes",
+            wal_len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM scratch")
+        .fetch_one(store.pool())
+        .await
+        .expect("count");
+    assert_eq!(rows, 12 * 64, "nothing written was lost");
+    store.close().await;
+}

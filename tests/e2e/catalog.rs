@@ -631,3 +631,132 @@ storage_test!(
         server.stop().await;
     }
 );
+
+storage_test!(
+    get_entity_returns_every_relation_once_in_order_with_its_target,
+    |backend: Backend| async move {
+        let (_db, server, admin) = setup(backend).await;
+        let docs = "---\napiVersion: backstage.io/v1alpha1\nkind: System\nmetadata:\n  name: shop\nspec:\n  owner: team-a\n---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: db-svc\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: api-svc\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n  system: shop\n  dependsOn: [\"component:db-svc\", \"resource:ghost\", \"component:db-svc\"]\n---\napiVersion: backstage.io/v1alpha1\nkind: Group\nmetadata:\n  name: lonely\nspec:\n  type: team\n  children: []\n";
+        import(
+            &admin,
+            vec![cat::ImportSource {
+                path: "shop.yaml".into(),
+                content: docs.into(),
+            }],
+            "",
+        )
+        .await
+        .expect("import");
+
+        let api = get(&admin, "tenants/acme/entities/component/default/api-svc")
+            .await
+            .expect("api-svc");
+        let relations: Vec<(String, String, bool, String)> = api
+            .relations
+            .iter()
+            .map(|r| {
+                (
+                    r.type_name.clone(),
+                    r.target_ref.clone(),
+                    r.target_resolved,
+                    r.target_name.clone(),
+                )
+            })
+            .collect();
+        // Ordered by relation type number, then target; the repeated dependsOn appears once;
+        // the missing group and resource are unresolved and have no resource name.
+        let mut expected = vec![
+            (
+                "ownedBy".to_owned(),
+                "group:default/team-a".to_owned(),
+                false,
+                String::new(),
+            ),
+            (
+                "partOf".to_owned(),
+                "system:default/shop".to_owned(),
+                true,
+                "tenants/acme/entities/system/default/shop".to_owned(),
+            ),
+            (
+                "dependsOn".to_owned(),
+                "component:default/db-svc".to_owned(),
+                true,
+                "tenants/acme/entities/component/default/db-svc".to_owned(),
+            ),
+            (
+                "dependsOn".to_owned(),
+                "resource:default/ghost".to_owned(),
+                false,
+                String::new(),
+            ),
+        ];
+        let rank = |r: &cat::Relation| (r.r#type, r.target_ref.clone());
+        let ranks: Vec<_> = api.relations.iter().map(rank).collect();
+        let mut sorted = ranks.clone();
+        sorted.sort();
+        assert_eq!(ranks, sorted, "relations come ordered by type, then target");
+        assert_eq!(relations.len(), expected.len(), "{relations:?}");
+        expected.sort();
+        let mut actual = relations.clone();
+        actual.sort();
+        assert_eq!(actual, expected);
+        assert_eq!(
+            api.status
+                .as_ref()
+                .expect("status")
+                .unresolved_relation_count,
+            2
+        );
+
+        // The same relations as the batch read (a separate query path).
+        let batch = catalog(&admin)
+            .batch_get_entities(admin.req(cat::BatchGetEntitiesRequest {
+                parent: "tenants/acme".into(),
+                names: vec!["component:api-svc".into()],
+                ..Default::default()
+            }))
+            .await
+            .expect("batch")
+            .into_inner();
+        assert_eq!(batch.entities.len(), 1);
+        assert_eq!(batch.entities[0].relations, api.relations);
+
+        // An entity without relations is found, with none.
+        let lonely = get(&admin, "tenants/acme/entities/group/default/lonely")
+            .await
+            .expect("lonely");
+        assert!(lonely.relations.is_empty(), "{:?}", lonely.relations);
+        assert_eq!(
+            lonely
+                .status
+                .as_ref()
+                .expect("status")
+                .unresolved_relation_count,
+            0
+        );
+
+        // The BASIC view carries none; the target of a dependsOn has the inverse relation.
+        let basic = catalog(&admin)
+            .get_entity(admin.req(cat::GetEntityRequest {
+                name: "tenants/acme/entities/component/default/api-svc".into(),
+                view: cat::EntityView::Basic as i32,
+            }))
+            .await
+            .expect("basic")
+            .into_inner();
+        assert!(basic.relations.is_empty());
+        assert_eq!(basic.metadata, api.metadata);
+        let db = get(&admin, "tenants/acme/entities/component/default/db-svc")
+            .await
+            .expect("db-svc");
+        assert!(
+            db.relations.iter().any(|r| r.type_name == "dependencyOf"
+                && r.target_ref == "component:default/api-svc"
+                && r.target_resolved),
+            "{:?}",
+            db.relations
+        );
+        server.stop().await;
+    }
+);

@@ -735,27 +735,29 @@ impl CatalogStore {
         .fetch_all(self.store.pool())
         .await?;
         rows.iter()
-            .map(|row| {
-                let relation: i32 = row.try_get("type")?;
-                let target_ref: String = row.try_get("target_ref")?;
-                let target_name: Option<String> = row.try_get("target_name")?;
-                let kind: Option<String> = row.try_get("target_kind")?;
-                let ns: Option<String> = row.try_get("target_ns")?;
-                let resolved = target_name.is_some();
-                Ok(pb::Relation {
-                    r#type: relation,
-                    type_name: model::backstage_type_name(relation).to_owned(),
-                    target_name: match (target_name, kind, ns) {
-                        (Some(n), Some(k), Some(s)) => {
-                            format!("tenants/{tenant}/entities/{k}/{s}/{n}")
-                        }
-                        _ => String::new(),
-                    },
-                    target_ref,
-                    target_resolved: resolved,
-                })
-            })
-            .collect::<Result<_, Error>>()
+            .map(|row| Self::relation_from_row(tenant, row))
+            .collect()
+    }
+
+    /// One relation from a row with `type`, `target_ref` and the target's `target_name`,
+    /// `target_kind` and `target_ns` (NULL when the target does not exist).
+    fn relation_from_row(tenant: &str, row: &AnyRow) -> Result<pb::Relation, Error> {
+        let relation: i32 = row.try_get("type")?;
+        let target_ref: String = row.try_get("target_ref")?;
+        let target_name: Option<String> = row.try_get("target_name")?;
+        let kind: Option<String> = row.try_get("target_kind")?;
+        let ns: Option<String> = row.try_get("target_ns")?;
+        let resolved = target_name.is_some();
+        Ok(pb::Relation {
+            r#type: relation,
+            type_name: model::backstage_type_name(relation).to_owned(),
+            target_name: match (target_name, kind, ns) {
+                (Some(n), Some(k), Some(s)) => format!("tenants/{tenant}/entities/{k}/{s}/{n}"),
+                _ => String::new(),
+            },
+            target_ref,
+            target_resolved: resolved,
+        })
     }
 
     /// The references among `refs` whose entities exist and match `filter`.
@@ -822,22 +824,49 @@ impl CatalogStore {
         key: &EntityKey,
         full: bool,
     ) -> Result<Option<pb::Entity>, Error> {
-        let row = sqlx::query("SELECT body FROM catalog_entities WHERE tenant = $1 AND ref = $2")
-            .bind(tenant)
-            .bind(key.ref_key())
-            .fetch_optional(self.store.pool())
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut entity = Self::entity_from_row(&row)?;
-        if full {
-            entity.relations = self.relations_of(tenant, &key.ref_key()).await?;
-            if let Some(status) = entity.status.as_mut() {
-                status.unresolved_relation_count = entity
-                    .relations
-                    .iter()
-                    .filter(|r| !r.target_resolved)
-                    .count() as i32;
-            }
+        if !full {
+            let row =
+                sqlx::query("SELECT body FROM catalog_entities WHERE tenant = $1 AND ref = $2")
+                    .bind(tenant)
+                    .bind(key.ref_key())
+                    .fetch_optional(self.store.pool())
+                    .await?;
+            return row.map(|row| Self::entity_from_row(&row)).transpose();
+        }
+        // The entity and its relations in one round trip to the database instead of two: one
+        // row per relation, or one with NULL relation columns if it has none. Only the first
+        // row carries the body, so an entity with very many relations is not copied once per
+        // relation.
+        let rows = sqlx::query(
+            "SELECT CASE WHEN r.rn IS NULL OR r.rn = 1 THEN e.body END AS body, \
+                    r.type, r.target_ref, t.name AS target_name, t.kind AS target_kind, t.namespace AS target_ns \
+             FROM catalog_entities e \
+             LEFT JOIN (SELECT d.type, d.target_ref, ROW_NUMBER() OVER (ORDER BY d.type, d.target_ref) AS rn \
+                        FROM (SELECT DISTINCT type, target_ref FROM catalog_relations \
+                              WHERE tenant = $1 AND source_ref = $2) d) r ON 1 = 1 \
+             LEFT JOIN catalog_entities t ON t.tenant = e.tenant AND t.ref = r.target_ref \
+             WHERE e.tenant = $1 AND e.ref = $2 \
+             ORDER BY r.rn",
+        )
+        .bind(tenant)
+        .bind(key.ref_key())
+        .fetch_all(self.store.pool())
+        .await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut entity = Self::entity_from_row(first)?;
+        entity.relations = rows
+            .iter()
+            .filter(|row| matches!(row.try_get::<Option<i32>, _>("type"), Ok(Some(_))))
+            .map(|row| Self::relation_from_row(tenant, row))
+            .collect::<Result<_, Error>>()?;
+        if let Some(status) = entity.status.as_mut() {
+            status.unresolved_relation_count = entity
+                .relations
+                .iter()
+                .filter(|r| !r.target_resolved)
+                .count() as i32;
         }
         Ok(Some(entity))
     }

@@ -592,6 +592,81 @@ storage_test!(service_status_shows_what_runs_where, |backend| async move {
         "component:default/payments"
     );
 
+    // A catalog filter narrows the list the way ListEntities would, and binds the page token.
+    let production = Insights::new(admin.channel.clone())
+        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            filter: "spec.lifecycle = \"production\" OR owner = \"team-b\"".into(),
+            page_size: 1,
+            ..Default::default()
+        }))
+        .await
+        .expect("filter")
+        .into_inner();
+    assert_eq!(production.total_size, 2);
+    let experimental = Insights::new(admin.channel.clone())
+        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            filter: "lifecycle = \"experimental\"".into(),
+            scope: "group:team-b".into(),
+            ..Default::default()
+        }))
+        .await;
+    // team-b is not in the catalog, so the scope is NOT_FOUND even with a filter.
+    assert_eq!(experimental.expect_err("no group").code(), Code::NotFound);
+    let experimental = Insights::new(admin.channel.clone())
+        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            filter: "lifecycle = \"experimental\"".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("experimental")
+        .into_inner();
+    let components: Vec<&str> = experimental
+        .service_statuses
+        .iter()
+        .map(|s| s.component.as_str())
+        .collect();
+    assert_eq!(components, ["component:default/billing"]);
+    let in_shop = Insights::new(admin.channel.clone())
+        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            scope: "system:shop".into(),
+            filter: "NOT lifecycle = \"production\"".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("scope and filter")
+        .into_inner();
+    assert_eq!(in_shop.total_size, 0, "both must hold");
+    let other_query = Insights::new(admin.channel.clone())
+        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            filter: "owner = \"team-b\"".into(),
+            page_size: 1,
+            page_token: production.next_page_token.clone(),
+            ..Default::default()
+        }))
+        .await
+        .expect_err("token of another filter");
+    assert_eq!(other_query.code(), Code::InvalidArgument);
+    for bad in [
+        "lifecycle ~ \"x\"",
+        "nosuchfield = \"x\"",
+        "(lifecycle = \"x\"",
+    ] {
+        let err = Insights::new(admin.channel.clone())
+            .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
+                parent: "tenants/acme".into(),
+                filter: bad.into(),
+                ..Default::default()
+            }))
+            .await
+            .expect_err(bad);
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
+    }
+
     for (component, code) in [
         ("nowhere", Code::NotFound),
         ("system:shop", Code::InvalidArgument),

@@ -872,6 +872,14 @@ impl CatalogStore {
     }
 }
 
+/// A ListEntities `filter` as one SQL condition over `catalog_entities e` (empty for an empty
+/// filter) and its parameters, numbered from `$2` (`$1` is the tenant), for other services that
+/// select Components the way the catalog does (ListServiceStatuses).
+pub(crate) fn entity_filter_condition(filter_text: &str) -> Result<(String, Vec<String>), Error> {
+    let filter = EntityFilter::parse(filter_text, "")?;
+    Ok((filter.clauses.join(" AND "), filter.params))
+}
+
 /// A ListEntities filter and query as SQL over `catalog_entities e`, with bound parameters.
 struct EntityFilter {
     clauses: Vec<String>,

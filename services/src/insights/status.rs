@@ -346,11 +346,6 @@ pub async fn service_statuses_list(
     req: &pb::ListServiceStatusesRequest,
 ) -> Result<pb::ListServiceStatusesResponse, Error> {
     let tenant = parse_tenant_name("parent", &req.parent)?;
-    if !req.filter.is_empty() {
-        return Err(Error::unimplemented(
-            "ListServiceStatuses `filter` is not implemented by this server version yet; use `scope`",
-        ));
-    }
     let page_size = pagination::page_size(req.page_size)?;
     let order = pagination::parse_order_by(
         &req.order_by,
@@ -366,6 +361,15 @@ pub async fn service_statuses_list(
     crate::iam::tenant_active(store.pool(), &tenant).await?;
     let mut params: Vec<Param> = Vec::new();
     let mut where_sql = String::from(" WHERE c.tenant = $1 AND c.kind = 'component'");
+    // The catalog's own filter, so `filter` means exactly what it means in ListEntities. Its
+    // parameters are numbered from $2, so they go first.
+    let (condition, filter_params) = crate::catalog::entity_filter_condition(&req.filter)?;
+    if !condition.is_empty() {
+        params.extend(filter_params.into_iter().map(Param::Text));
+        where_sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM catalog_entities e WHERE e.tenant = c.tenant AND e.ref = c.ref AND {condition})"
+        ));
+    }
     if !req.scope.is_empty() {
         let key = parse_name_or_ref("scope", &tenant, &req.scope, None)?;
         let reference = key.ref_key();
@@ -410,6 +414,7 @@ pub async fn service_statuses_list(
         },
         &env_key,
         if req.only_deployed { "deployed" } else { "" },
+        &req.filter,
         &req.order_by,
         "service-statuses",
     ]);

@@ -552,17 +552,17 @@ storage_test!(service_status_shows_what_runs_where, |backend| async move {
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let page = Insights::new(admin.channel.clone())
-            .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-                parent: "tenants/acme".into(),
+        let page = statuses(
+            &admin,
+            ipb::ListServiceStatusesRequest {
                 environments: vec!["tenants/acme/environments/dev".into()],
                 page_size: 1,
                 page_token: token.clone(),
                 ..Default::default()
-            }))
-            .await
-            .expect("list")
-            .into_inner();
+            },
+        )
+        .await
+        .expect("list");
         assert_eq!(page.total_size, 2);
         for s in &page.service_statuses {
             assert_eq!(s.environments.len(), 1);
@@ -577,15 +577,15 @@ storage_test!(service_status_shows_what_runs_where, |backend| async move {
         seen,
         vec!["component:default/billing", "component:default/payments"]
     );
-    let shop = Insights::new(admin.channel.clone())
-        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-            parent: "tenants/acme".into(),
+    let shop = statuses(
+        &admin,
+        ipb::ListServiceStatusesRequest {
             scope: "system:shop".into(),
             ..Default::default()
-        }))
-        .await
-        .expect("system scope")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("system scope");
     assert_eq!(shop.total_size, 1);
     assert_eq!(
         shop.service_statuses[0].component,
@@ -593,77 +593,80 @@ storage_test!(service_status_shows_what_runs_where, |backend| async move {
     );
 
     // A catalog filter narrows the list the way ListEntities would, and binds the page token.
-    let production = Insights::new(admin.channel.clone())
-        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-            parent: "tenants/acme".into(),
+    let production = statuses(
+        &admin,
+        ipb::ListServiceStatusesRequest {
             filter: "spec.lifecycle = \"production\" OR owner = \"team-b\"".into(),
             page_size: 1,
             ..Default::default()
-        }))
-        .await
-        .expect("filter")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("filter");
     assert_eq!(production.total_size, 2);
-    let experimental = Insights::new(admin.channel.clone())
-        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-            parent: "tenants/acme".into(),
+    let experimental = statuses(
+        &admin,
+        ipb::ListServiceStatusesRequest {
             filter: "lifecycle = \"experimental\"".into(),
             scope: "group:team-b".into(),
             ..Default::default()
-        }))
-        .await;
+        },
+    )
+    .await;
     // team-b is not in the catalog, so the scope is NOT_FOUND even with a filter.
     assert_eq!(experimental.expect_err("no group").code(), Code::NotFound);
-    let experimental = Insights::new(admin.channel.clone())
-        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-            parent: "tenants/acme".into(),
+    let experimental = statuses(
+        &admin,
+        ipb::ListServiceStatusesRequest {
             filter: "lifecycle = \"experimental\"".into(),
             ..Default::default()
-        }))
-        .await
-        .expect("experimental")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("experimental");
     let components: Vec<&str> = experimental
         .service_statuses
         .iter()
         .map(|s| s.component.as_str())
         .collect();
     assert_eq!(components, ["component:default/billing"]);
-    let in_shop = Insights::new(admin.channel.clone())
-        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-            parent: "tenants/acme".into(),
+    let in_shop = statuses(
+        &admin,
+        ipb::ListServiceStatusesRequest {
             scope: "system:shop".into(),
             filter: "NOT lifecycle = \"production\"".into(),
             ..Default::default()
-        }))
-        .await
-        .expect("scope and filter")
-        .into_inner();
+        },
+    )
+    .await
+    .expect("scope and filter");
     assert_eq!(in_shop.total_size, 0, "both must hold");
-    let other_query = Insights::new(admin.channel.clone())
-        .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-            parent: "tenants/acme".into(),
+    let other_query = statuses(
+        &admin,
+        ipb::ListServiceStatusesRequest {
             filter: "owner = \"team-b\"".into(),
             page_size: 1,
             page_token: production.next_page_token.clone(),
             ..Default::default()
-        }))
-        .await
-        .expect_err("token of another filter");
+        },
+    )
+    .await
+    .expect_err("token of another filter");
     assert_eq!(other_query.code(), Code::InvalidArgument);
     for bad in [
         "lifecycle ~ \"x\"",
         "nosuchfield = \"x\"",
         "(lifecycle = \"x\"",
     ] {
-        let err = Insights::new(admin.channel.clone())
-            .list_service_statuses(admin.req(ipb::ListServiceStatusesRequest {
-                parent: "tenants/acme".into(),
+        let err = statuses(
+            &admin,
+            ipb::ListServiceStatusesRequest {
                 filter: bad.into(),
                 ..Default::default()
-            }))
-            .await
-            .expect_err(bad);
+            },
+        )
+        .await
+        .expect_err(bad);
         assert_eq!(err.code(), Code::InvalidArgument, "{bad}: {err:?}");
     }
 
@@ -684,6 +687,19 @@ storage_test!(service_status_shows_what_runs_where, |backend| async move {
     }
     server.stop().await;
 });
+
+async fn statuses(
+    client: &TestClient,
+    request: ipb::ListServiceStatusesRequest,
+) -> Result<ipb::ListServiceStatusesResponse, tonic::Status> {
+    Insights::new(client.channel.clone())
+        .list_service_statuses(client.req(ipb::ListServiceStatusesRequest {
+            parent: "tenants/acme".into(),
+            ..request
+        }))
+        .await
+        .map(|r| r.into_inner())
+}
 
 async fn graph(
     client: &TestClient,

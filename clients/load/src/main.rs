@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use tonic::transport::{Channel, Endpoint};
 
 use report::{EngineRun, Report};
@@ -125,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut scenarios = vec![Scenario::Health];
     let chosen = if args.scenarios.is_empty() {
-        Scenario::ALL.to_vec()
+        Scenario::value_variants().to_vec()
     } else {
         args.scenarios.clone()
     };

@@ -282,22 +282,10 @@ fn float(value: Option<f64>) -> String {
     value.map_or("–".into(), |v| format!("{v:.0}"))
 }
 
-/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock (days-to-civil, proleptic
-/// Gregorian), so the report needs no date crate.
+/// Today's date (UTC) as `YYYY-MM-DD`, the date part of a protobuf `Timestamp`'s RFC 3339 form.
 fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}")
+    let rfc3339 = prost_types::Timestamp::from(std::time::SystemTime::now()).to_string();
+    rfc3339.get(..10).unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]

@@ -42,16 +42,6 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
-        Scenario::Health,
-        Scenario::GetEntity,
-        Scenario::ListEntities,
-        Scenario::TestPermissions,
-        Scenario::CreateDeployment,
-        Scenario::AccessSecret,
-        Scenario::Mixed,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Health => "health",

@@ -275,20 +275,10 @@ pub fn new_key_entry(prefix: &str) -> (String, Zeroizing<String>) {
     (id, line)
 }
 
-/// `YYYYMMDD` of today (UTC), without a date crate.
+/// `YYYYMMDD` of today (UTC), from the RFC 3339 form of a protobuf `Timestamp`.
 fn chrono_like_date() -> String {
-    let days = now_micros().div_euclid(86_400_000_000);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}")
+    let rfc3339 = prost_types::Timestamp::from(std::time::SystemTime::now()).to_string();
+    rfc3339.get(..10).unwrap_or_default().replace('-', "")
 }
 
 /// Writes `contents` to `path` with mode 0600, replacing it atomically.

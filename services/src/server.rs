@@ -211,7 +211,7 @@ impl App {
         environments.start_reaper();
         let secrets =
             crate::secrets::SecretService::new(store.clone(), audit.clone(), keyring.clone());
-        let audit_service = AuditService::new(store.clone(), audit, Some(watch_access));
+        let audit_service = AuditService::new(store.clone(), audit.clone(), Some(watch_access));
         routes = routes
             .add_service(
                 // The per-method limit is enforced by MessageSizeLimitLayer; tonic's own cap is
@@ -229,7 +229,7 @@ impl App {
             )
             .add_service(
                 platform_api::platform::insights::v1::insights_service_server::InsightsServiceServer::new(
-                    crate::insights::InsightsService::new(store.clone()),
+                    crate::insights::InsightsService::new(store.clone(), audit.clone()),
                 )
                 .max_decoding_message_size(config.max_message_bytes),
             )

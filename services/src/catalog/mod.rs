@@ -231,7 +231,7 @@ struct SummaryColumns {
     system_ref: String,
 }
 
-fn normalized_ref(text: &str, default_kind: &str, namespace: &str) -> String {
+pub(crate) fn normalized_ref(text: &str, default_kind: &str, namespace: &str) -> String {
     if text.is_empty() {
         return String::new();
     }

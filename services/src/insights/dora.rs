@@ -22,8 +22,8 @@ use crate::filter::{Param, bind_params};
 use crate::names::{parse_child_name, parse_tenant_name};
 use crate::store::{Store, now_micros};
 
-const DAY_US: i64 = 86_400_000_000;
-const HOUR_US: i64 = 3_600_000_000;
+pub(super) const DAY_US: i64 = 86_400_000_000;
+pub(super) const HOUR_US: i64 = 3_600_000_000;
 const SUCCEEDED: i64 = dpb::DeploymentState::Succeeded as i64;
 const FAILED: i64 = dpb::DeploymentState::Failed as i64;
 const CANCELLED: i64 = dpb::DeploymentState::Cancelled as i64;
@@ -179,7 +179,7 @@ pub async fn dora_metrics_get(
         len: end - start,
     };
     let summary = figures_of(
-        &raw_figures(store, &selection, whole)
+        &raw_figures::<i64>(store, &selection, whole, GroupBy::Bucket)
             .await?
             .remove(&0)
             .unwrap_or_default(),
@@ -202,7 +202,7 @@ pub async fn dora_metrics_get(
                 origin,
                 len,
             };
-            let mut raw = raw_figures(store, &selection, periods).await?;
+            let mut raw = raw_figures::<i64>(store, &selection, periods, GroupBy::Bucket).await?;
             (0..periods.count())
                 .map(|b| {
                     let bounds = periods.bounds(b);
@@ -236,6 +236,35 @@ pub async fn dora_metrics_get(
         buckets,
         compute_time: Some(timestamp(now)),
     })
+}
+
+/// DORA figures per Component over `[start, end)` for deployments to `environments` (ids): of
+/// the given Components, or of every Component with `None`. The data of the scorecards'
+/// deployment checks, computed by the same queries as GetDoraMetrics, grouped by Component.
+pub(super) async fn component_figures(
+    store: &Store,
+    tenant: &str,
+    components: Option<Vec<String>>,
+    environments: Vec<String>,
+    (start, end): (i64, i64),
+) -> Result<BTreeMap<String, pb::DoraFigures>, Error> {
+    let selection = Selection {
+        tenant: tenant.to_owned(),
+        components,
+        environments,
+    };
+    let whole = Periods {
+        start,
+        end,
+        origin: start,
+        len: end - start,
+    };
+    let raw: BTreeMap<String, Raw> =
+        raw_figures(store, &selection, whole, GroupBy::Component).await?;
+    Ok(raw
+        .into_iter()
+        .map(|(component, r)| (component, figures_of(&r, (start, end))))
+        .collect())
 }
 
 /// The scope's type, canonical reference and component references (`None` for the tenant).
@@ -303,7 +332,11 @@ async fn scope(
 
 /// The environment ids whose deployments count: the named ones (each must exist), or every
 /// PRODUCTION environment of the tenant, deleted ones included.
-async fn environments(store: &Store, tenant: &str, named: &[String]) -> Result<Vec<String>, Error> {
+pub(super) async fn environments(
+    store: &Store,
+    tenant: &str,
+    named: &[String],
+) -> Result<Vec<String>, Error> {
     if named.is_empty() {
         let ids: Vec<String> = sqlx::query_scalar(
             "SELECT id FROM environments WHERE tenant = $1 AND type = $2 ORDER BY id",
@@ -343,31 +376,53 @@ async fn environments(store: &Store, tenant: &str, named: &[String]) -> Result<V
     Ok(ids)
 }
 
-/// Runs the three queries for `periods` and gathers their results by bucket.
-async fn raw_figures(
+/// How figures are grouped: by bucket of `periods` (an integer key) or by Component over the
+/// whole window (the reference as key, for the scorecards' deployment checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupBy {
+    Bucket,
+    Component,
+}
+
+impl GroupBy {
+    /// The key expression over `d`, binding what it needs (PostgreSQL rejects unused parameters).
+    fn key(self, sql: &mut Sql, periods: Periods) -> String {
+        match self {
+            GroupBy::Bucket => {
+                let (origin, len) = (sql.int(periods.origin), sql.int(periods.len));
+                format!("(d.end_time_us - {origin}) / {len}")
+            }
+            GroupBy::Component => "d.component".to_owned(),
+        }
+    }
+}
+
+/// Runs the queries for `periods` and gathers their results by key: the bucket number (`i64`)
+/// or the Component (`String`), as `group` says.
+async fn raw_figures<K>(
     store: &Store,
     selection: &Selection,
     periods: Periods,
-) -> Result<BTreeMap<i64, Raw>, Error> {
-    let mut raw: BTreeMap<i64, Raw> = BTreeMap::new();
+    group: GroupBy,
+) -> Result<BTreeMap<K, Raw>, Error>
+where
+    K: Ord + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    let mut raw: BTreeMap<K, Raw> = BTreeMap::new();
 
     // Counts by outcome, rollbacks, and what lead time leaves out.
     let mut sql = Sql::new();
     let cond = selection.conditions(&mut sql);
-    let (o, l, s, e) = (
-        sql.int(periods.origin),
-        sql.int(periods.len),
-        sql.int(periods.start),
-        sql.int(periods.end),
-    );
+    let key = group.key(&mut sql, periods);
+    let (s, e) = (sql.int(periods.start), sql.int(periods.end));
     let (ok, failed, cancelled) = (sql.int(SUCCEEDED), sql.int(FAILED), sql.int(CANCELLED));
 
     let count = |when: &str| format!("CAST(SUM(CASE WHEN {when} THEN 1 ELSE 0 END) AS BIGINT)");
     let text = format!(
-        "SELECT (d.end_time_us - {o}) / {l} AS b, {} AS succeeded, {} AS failed, {} AS cancelled, \
+        "SELECT {key} AS b, {} AS succeeded, {} AS failed, {} AS cancelled, \
          {} AS rollbacks, {} AS without_commit, {} AS commit_after \
          FROM deployments d WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
-         AND d.state IN ({ok}, {failed}, {cancelled}) GROUP BY (d.end_time_us - {o}) / {l}",
+         AND d.state IN ({ok}, {failed}, {cancelled}) GROUP BY {key}",
         count(&format!("d.state = {ok}")),
         count(&format!("d.state = {failed}")),
         count(&format!("d.state = {cancelled}")),
@@ -397,9 +452,8 @@ async fn raw_figures(
     let mut sql = Sql::new();
     let cond = selection.conditions(&mut sql);
     let prefix = format!("tenants/{}/deployments/", selection.tenant);
-    let (o, l, s, e, ok, tenant, from) = (
-        sql.int(periods.origin),
-        sql.int(periods.len),
+    let key = group.key(&mut sql, periods);
+    let (s, e, ok, tenant, from) = (
         sql.int(periods.start),
         sql.int(periods.end),
         sql.int(SUCCEEDED),
@@ -407,11 +461,11 @@ async fn raw_figures(
         sql.int(prefix.len() as i64 + 1),
     );
     let text = format!(
-        "SELECT (d.end_time_us - {o}) / {l} AS b, COUNT(DISTINCT d.id) AS n \
+        "SELECT {key} AS b, COUNT(DISTINCT d.id) AS n \
          FROM deployments r JOIN deployments d ON d.tenant = r.tenant AND d.id = SUBSTR(r.rollback_of, CAST({from} AS INTEGER)) \
          WHERE r.tenant = {tenant} AND r.rollback_of > '' AND r.create_time_us < {e} \
          AND {cond} AND d.state = {ok} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
-         GROUP BY (d.end_time_us - {o}) / {l}"
+         GROUP BY {key}"
     );
     for row in bind_params(sqlx::query(&text), &sql.params)
         .fetch_all(store.pool())
@@ -423,15 +477,14 @@ async fn raw_figures(
     // Lead time: end - commit of successful non-rollback deployments with a usable commit time.
     let mut sql = Sql::new();
     let cond = selection.conditions(&mut sql);
-    let (o, l, s, e, ok) = (
-        sql.int(periods.origin),
-        sql.int(periods.len),
+    let key = group.key(&mut sql, periods);
+    let (s, e, ok) = (
         sql.int(periods.start),
         sql.int(periods.end),
         sql.int(SUCCEEDED),
     );
     let samples = format!(
-        "SELECT (d.end_time_us - {o}) / {l} AS b, d.end_time_us - d.commit_time_us AS v FROM deployments d \
+        "SELECT {key} AS b, d.end_time_us - d.commit_time_us AS v FROM deployments d \
          WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} AND d.state = {ok} \
          AND d.rollback_of = '' AND d.commit_time_us IS NOT NULL AND d.commit_time_us <= d.end_time_us"
     );
@@ -443,16 +496,15 @@ async fn raw_figures(
     // environment before the window's end.
     let mut sql = Sql::new();
     let cond = selection.conditions(&mut sql);
-    let (o, l, s, e, ok, failed) = (
-        sql.int(periods.origin),
-        sql.int(periods.len),
+    let key = group.key(&mut sql, periods);
+    let (s, e, ok, failed) = (
         sql.int(periods.start),
         sql.int(periods.end),
         sql.int(SUCCEEDED),
         sql.int(FAILED),
     );
     let restores = format!(
-        "SELECT (d.end_time_us - {o}) / {l} AS b, \
+        "SELECT {key} AS b, \
            (SELECT MIN(x.end_time_us) FROM deployments x WHERE x.tenant = d.tenant AND x.environment = d.environment \
             AND x.component = d.component AND x.state = {ok} AND x.end_time_us > d.end_time_us AND x.end_time_us < {e}) \
            - d.end_time_us AS v \
@@ -476,11 +528,14 @@ async fn raw_figures(
 
 /// Nearest-rank median (rank ⌈n/2⌉) and 90th percentile (rank ⌈0.9·n⌉) of `v` per bucket `b`
 /// of `samples`, ranked by the database, which returns only the rows at those ranks.
-async fn percentiles(
+async fn percentiles<K>(
     store: &Store,
     samples: &str,
     params: &[Param],
-) -> Result<BTreeMap<i64, Percentiles>, Error> {
+) -> Result<BTreeMap<K, Percentiles>, Error>
+where
+    K: Ord + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
     let sql = format!(
         "SELECT r.b AS b, r.v AS v, r.rn AS rn, r.n AS n FROM ( \
            SELECT s.b AS b, s.v AS v, ROW_NUMBER() OVER (PARTITION BY s.b ORDER BY s.v) AS rn, \
@@ -488,12 +543,12 @@ async fn percentiles(
            FROM ({samples}) s) r \
          WHERE r.rn = (r.n + 1) / 2 OR r.rn = (9 * r.n + 9) / 10"
     );
-    let mut out: BTreeMap<i64, Percentiles> = BTreeMap::new();
+    let mut out: BTreeMap<K, Percentiles> = BTreeMap::new();
     for row in bind_params(sqlx::query(&sql), params)
         .fetch_all(store.pool())
         .await?
     {
-        let (b, v, rn, n): (i64, i64, i64, i64) = (
+        let (b, v, rn, n): (K, i64, i64, i64) = (
             row.try_get("b")?,
             row.try_get("v")?,
             row.try_get("rn")?,

@@ -1,15 +1,19 @@
-//! `InsightsService`: views computed from the platform's own records. This release serves the
-//! DORA metrics ([`dora`]), service status ([`status`]) and the dependency graph ([`graph`]);
-//! scorecards answer UNIMPLEMENTED, naming themselves.
+//! `InsightsService`: views computed from the platform's own records: the DORA metrics
+//! ([`dora`]), service status ([`status`]), the dependency graph ([`graph`]), and scorecards
+//! (definitions in [`scorecards`], evaluated on demand by [`evaluate`]).
 
 pub mod dora;
+pub mod evaluate;
 pub mod graph;
+pub mod scorecards;
 pub mod status;
 
 use platform_api::platform::insights::v1 as pb;
 use tonic::Request;
 use tracing::instrument;
 
+use crate::audit::AuditLog;
+use crate::context::CallContext;
 use crate::error::{Error, RpcResult, respond};
 use crate::store::Store;
 
@@ -71,18 +75,13 @@ async fn groups_under(
 #[derive(Debug, Clone)]
 pub struct InsightsService {
     store: Store,
+    audit: AuditLog,
 }
 
 impl InsightsService {
-    pub fn new(store: Store) -> Self {
-        InsightsService { store }
+    pub fn new(store: Store, audit: AuditLog) -> Self {
+        InsightsService { store, audit }
     }
-}
-
-fn not_yet<T>(method: &str) -> RpcResult<T> {
-    respond(Err(Error::unimplemented(format!(
-        "platform.insights.v1.InsightsService.{method} is part of the platform API contract but is not implemented by this server version yet"
-    ))))
 }
 
 #[tonic::async_trait]
@@ -115,46 +114,65 @@ impl pb::insights_service_server::InsightsService for InsightsService {
     ) -> RpcResult<pb::DependencyGraph> {
         respond(graph::dependency_graph_get(&self.store, request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn create_scorecard(
         &self,
-        _request: Request<pb::CreateScorecardRequest>,
+        request: Request<pb::CreateScorecardRequest>,
     ) -> RpcResult<pb::Scorecard> {
-        not_yet("CreateScorecard")
+        let ctx = CallContext::of(&request)?;
+        respond(
+            scorecards::scorecard_create(&self.store, &self.audit, &ctx, request.into_inner())
+                .await,
+        )
     }
+    #[instrument(skip_all)]
     async fn get_scorecard(
         &self,
-        _request: Request<pb::GetScorecardRequest>,
+        request: Request<pb::GetScorecardRequest>,
     ) -> RpcResult<pb::Scorecard> {
-        not_yet("GetScorecard")
+        respond(scorecards::scorecard_get(&self.store, &request.get_ref().name).await)
     }
+    #[instrument(skip_all)]
     async fn list_scorecards(
         &self,
-        _request: Request<pb::ListScorecardsRequest>,
+        request: Request<pb::ListScorecardsRequest>,
     ) -> RpcResult<pb::ListScorecardsResponse> {
-        not_yet("ListScorecards")
+        respond(scorecards::scorecards_list(&self.store, request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn update_scorecard(
         &self,
-        _request: Request<pb::UpdateScorecardRequest>,
+        request: Request<pb::UpdateScorecardRequest>,
     ) -> RpcResult<pb::Scorecard> {
-        not_yet("UpdateScorecard")
+        let ctx = CallContext::of(&request)?;
+        respond(
+            scorecards::scorecard_update(&self.store, &self.audit, &ctx, request.into_inner())
+                .await,
+        )
     }
+    #[instrument(skip_all)]
     async fn delete_scorecard(
         &self,
-        _request: Request<pb::DeleteScorecardRequest>,
+        request: Request<pb::DeleteScorecardRequest>,
     ) -> RpcResult<()> {
-        not_yet("DeleteScorecard")
+        let ctx = CallContext::of(&request)?;
+        respond(
+            scorecards::scorecard_delete(&self.store, &self.audit, &ctx, request.into_inner())
+                .await,
+        )
     }
+    #[instrument(skip_all)]
     async fn evaluate_entity(
         &self,
-        _request: Request<pb::EvaluateEntityRequest>,
+        request: Request<pb::EvaluateEntityRequest>,
     ) -> RpcResult<pb::EvaluateEntityResponse> {
-        not_yet("EvaluateEntity")
+        respond(evaluate::entity_evaluate(&self.store, request.get_ref()).await)
     }
+    #[instrument(skip_all)]
     async fn list_scorecard_evaluations(
         &self,
-        _request: Request<pb::ListScorecardEvaluationsRequest>,
+        request: Request<pb::ListScorecardEvaluationsRequest>,
     ) -> RpcResult<pb::ListScorecardEvaluationsResponse> {
-        not_yet("ListScorecardEvaluations")
+        respond(evaluate::scorecard_evaluations_list(&self.store, request.get_ref()).await)
     }
 }

@@ -428,7 +428,6 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{encoded}?mode=rwc")
 }
 
-/// Microseconds since the Unix epoch: how every timestamp is stored.
 /// Replaces the mirrored label rows of one resource (`{table}` keyed by tenant, `{owner_column}`,
 /// key) with `labels`, so `labels.<key>` filters can run in SQL. Table and column are ours, never
 /// caller input.
@@ -461,6 +460,7 @@ pub async fn labels_replace(
     Ok(())
 }
 
+/// Microseconds since the Unix epoch: how every timestamp is stored.
 pub fn now_micros() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -119,6 +119,39 @@ pub(crate) fn terminal(d: &dpb::Deployment) -> bool {
     )
 }
 
+/// The driver that does nothing and succeeds.
+pub(crate) fn noop() -> epb::Driver {
+    epb::Driver {
+        driver: Some(epb::driver::Driver::Noop(epb::NoopDriver::default())),
+    }
+}
+
+/// Deploys each (component, environment) as version `v{index}` and waits until all have
+/// finished: real deployments, which fixtures then give their own facts and times.
+pub(crate) async fn deploy_all_finished(
+    client: &TestClient,
+    targets: impl IntoIterator<Item = (&str, &str)>,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for (i, (component, environment)) in targets.into_iter().enumerate() {
+        let d = deploy(client, component, &format!("v{i}"), environment, "")
+            .await
+            .expect("deploy");
+        names.push(d.name);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for name in &names {
+        while !terminal(&get(client, name).await) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} never finished"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    names
+}
+
 pub(crate) async fn get(client: &TestClient, name: &str) -> dpb::Deployment {
     deployments(client)
         .get_deployment(client.req(dpb::GetDeploymentRequest { name: name.into() }))

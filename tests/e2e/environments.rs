@@ -137,7 +137,7 @@ async fn log(
 }
 
 /// The fields an INVALID_ARGUMENT names in its BadRequest details, comma-separated.
-fn field_of(status: &tonic::Status) -> String {
+pub(crate) fn field_of(status: &tonic::Status) -> String {
     use tonic_types::StatusExt;
     status
         .get_details_bad_request()

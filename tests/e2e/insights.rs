@@ -13,7 +13,7 @@ use platform_api::platform::insights::v1 as ipb;
 use tonic::Code;
 
 use crate::catalog::{import, setup};
-use crate::deployments::{deploy, environment, get, terminal};
+use crate::deployments::{deploy, deploy_all_finished, environment, get, noop, terminal};
 use crate::storage_test;
 use crate::support::TestClient;
 
@@ -185,33 +185,14 @@ async fn seed(admin: &TestClient, server_pool: &sqlx::AnyPool) {
     .await
     .expect("import");
     assert_eq!(imported.failed_count, 0, "{imported:?}");
-    let noop = epb::Driver {
-        driver: Some(epb::driver::Driver::Noop(epb::NoopDriver::default())),
-    };
-    environment(
+    environment(admin, "prod", epb::EnvironmentType::Production, noop(), "").await;
+    environment(admin, "staging", epb::EnvironmentType::Staging, noop(), "").await;
+    // Real deployments (run by the engine), then given the fixture's facts and times.
+    let ids = deploy_all_finished(
         admin,
-        "prod",
-        epb::EnvironmentType::Production,
-        noop.clone(),
-        "",
+        fixtures().iter().map(|f| (f.component, f.environment)),
     )
     .await;
-    environment(admin, "staging", epb::EnvironmentType::Staging, noop, "").await;
-    // Real deployments (run by the engine), then given the fixture's facts and times.
-    let mut ids = Vec::new();
-    for (i, f) in fixtures().iter().enumerate() {
-        let d = deploy(admin, f.component, &format!("v{i}"), f.environment, "")
-            .await
-            .expect("deploy");
-        ids.push(d.name);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for name in &ids {
-        while !terminal(&get(admin, name).await) {
-            assert!(Instant::now() < deadline, "{name} never finished");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
     for (i, f) in fixtures().iter().enumerate() {
         let id = ids[i].rsplit('/').next().expect("id");
         let rollback_of = f.rollback_of.map(|t| ids[t].clone()).unwrap_or_default();
@@ -872,10 +853,7 @@ storage_test!(
             ]
         );
         // A System root stands for its Components; statuses in one environment.
-        let noop = epb::Driver {
-            driver: Some(epb::driver::Driver::Noop(epb::NoopDriver::default())),
-        };
-        environment(&admin, "dev", epb::EnvironmentType::Development, noop, "").await;
+        environment(&admin, "dev", epb::EnvironmentType::Development, noop(), "").await;
         let d = deploy(&admin, "orders", "v7", "dev", "")
             .await
             .expect("deploy");

@@ -14,5 +14,6 @@ mod identity;
 mod insights;
 mod process;
 mod replicas;
+mod scorecards;
 mod secrets;
 mod storage;

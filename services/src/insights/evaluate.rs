@@ -415,8 +415,8 @@ fn deployment_check(check: &Check, figures: Option<&pb::DoraFigures>, over: &str
     let Some(f) = figures else {
         return no_deployments();
     };
-    let cfr = f.change_failure_rate.clone().unwrap_or_default();
-    let freq = f.deployment_frequency.clone().unwrap_or_default();
+    let cfr = f.change_failure_rate.unwrap_or_default();
+    let freq = f.deployment_frequency.unwrap_or_default();
     if cfr.finished_deployments + cfr.excluded_cancelled == 0 {
         return no_deployments();
     }
@@ -456,7 +456,7 @@ fn deployment_check(check: &Check, figures: Option<&pb::DoraFigures>, over: &str
             )
         }
         Check::LeadTime(c) => {
-            let lead = f.lead_time_for_changes.clone().unwrap_or_default();
+            let lead = f.lead_time_for_changes.unwrap_or_default();
             let max = duration_micros(&c.max_median).unwrap_or(0);
             match duration_micros(&lead.median) {
                 None => Found::NoData(format!("no lead time samples in the last {over}")),
@@ -472,7 +472,7 @@ fn deployment_check(check: &Check, figures: Option<&pb::DoraFigures>, over: &str
             }
         }
         Check::TimeToRestore(c) => {
-            let restore = f.time_to_restore.clone().unwrap_or_default();
+            let restore = f.time_to_restore.unwrap_or_default();
             let max = duration_micros(&c.max_median).unwrap_or(0);
             match duration_micros(&restore.median) {
                 None => Found::NoData(format!("no restored failures in the last {over}")),

@@ -41,13 +41,30 @@ async fn dora(
     environments: &[&str],
     granularity: ipb::DoraGranularity,
 ) -> Result<ipb::DoraMetrics, tonic::Status> {
+    dora_in(
+        client,
+        (T0, T0 + 10 * DAY),
+        scope,
+        environments,
+        granularity,
+    )
+    .await
+}
+
+async fn dora_in(
+    client: &TestClient,
+    (start, end): (i64, i64),
+    scope: &str,
+    environments: &[&str],
+    granularity: ipb::DoraGranularity,
+) -> Result<ipb::DoraMetrics, tonic::Status> {
     Insights::new(client.channel.clone())
         .get_dora_metrics(
             client.req(ipb::GetDoraMetricsRequest {
                 parent: "tenants/acme".into(),
                 scope: scope.into(),
-                start_time: Some(ts(T0)),
-                end_time: Some(ts(T0 + 10 * DAY)),
+                start_time: Some(ts(start)),
+                end_time: Some(ts(end)),
                 environments: environments
                     .iter()
                     .map(|e| format!("tenants/acme/environments/{e}"))
@@ -383,6 +400,107 @@ async fn env_with(
     };
     environment(admin, id, r#type, driver, &target).await;
 }
+
+storage_test!(
+    dora_metrics_cut_days_and_follow_changes_to_finished_deployments,
+    |backend| async move {
+        let (_db, server, admin) = setup(backend).await;
+        let pool = server.store.pool();
+        seed(&admin, pool).await;
+        let summary = |m: ipb::DoraMetrics| m.summary.expect("summary");
+
+        // A window whose ends cut days: 12 h after T0 to 2 h after the tenth day. Fixture 12
+        // (billing, T0 + 10 d + 1 h) is inside now and restores both billing failures.
+        let s = summary(
+            dora_in(
+                &admin,
+                (T0 + 12 * HOUR, T0 + 10 * DAY + 2 * HOUR),
+                "",
+                &[],
+                ipb::DoraGranularity::Day,
+            )
+            .await
+            .expect("cut window"),
+        );
+        let freq = s.deployment_frequency.expect("frequency");
+        assert_eq!(freq.successful_deployments, 7);
+        assert!((freq.days - (9.0 + 14.0 / 24.0)).abs() < 1e-9);
+        let lead = s.lead_time_for_changes.expect("lead");
+        assert_eq!((lead.sample_count, secs(&lead.median)), (3, 5 * 3600));
+        assert_eq!(lead.excluded_without_commit_time, 2);
+        let cfr = s.change_failure_rate.expect("cfr");
+        // 3 failed + 1 rolled back of 10 finished.
+        assert_eq!(
+            (cfr.finished_deployments, cfr.rolled_back_deployments),
+            (10, 1)
+        );
+        assert_eq!(cfr.rate, Some(0.4));
+        // Restores 3 h (payments), 49 h (billing 11 → 12), 97 h (billing 6 → 12, carried over
+        // four days of rollups into the cut last day).
+        let restore = s.time_to_restore.expect("restore");
+        assert_eq!(restore.sample_count, 3);
+        assert_eq!(restore.unrestored_failures, 0);
+        assert_eq!(secs(&restore.median), 49 * 3600);
+        assert_eq!(secs(&restore.p90), 97 * 3600);
+
+        // The day rollups are stored now; changes to finished deployments must reach them.
+        let id_of = |i: usize| {
+            let pool = pool.clone();
+            async move {
+                sqlx::query_scalar::<_, String>(
+                    "SELECT id FROM deployments WHERE tenant = 'acme' AND version = $1",
+                )
+                .bind(format!("v{i}"))
+                .fetch_one(&pool)
+                .await
+                .expect("fixture id")
+            }
+        };
+        let stored: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM dora_days WHERE tenant = 'acme' AND rollup IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("rollups");
+        assert!(stored >= 8, "the window's whole days are stored: {stored}");
+        // Fixture 6 (billing's unrestored failure) turns out to have succeeded.
+        sqlx::query("UPDATE deployments SET state = $1 WHERE tenant = 'acme' AND id = $2")
+            .bind(dpb::DeploymentState::Succeeded as i64)
+            .bind(id_of(6).await)
+            .execute(pool)
+            .await
+            .expect("update");
+        // Fixture 10 (after the window) becomes a rollback of 8, created inside the window.
+        sqlx::query(
+            "UPDATE deployments SET rollback_of = $1, create_time_us = $2 WHERE tenant = 'acme' AND id = $3",
+        )
+        .bind(format!("tenants/acme/deployments/{}", id_of(8).await))
+        .bind(T0 + 7 * DAY + HOUR)
+        .bind(id_of(10).await)
+        .execute(pool)
+        .await
+        .expect("update");
+        let s = summary(
+            dora(&admin, "", &[], ipb::DoraGranularity::Unspecified)
+                .await
+                .expect("after changes"),
+        );
+        let freq = s.deployment_frequency.expect("frequency");
+        assert_eq!(freq.successful_deployments, 7);
+        let cfr = s.change_failure_rate.expect("cfr");
+        assert_eq!(
+            (
+                cfr.failed_deployments,
+                cfr.rolled_back_deployments,
+                cfr.finished_deployments
+            ),
+            (2, 2, 9)
+        );
+        let restore = s.time_to_restore.expect("restore");
+        assert_eq!((restore.sample_count, restore.unrestored_failures), (1, 1));
+        server.stop().await;
+    }
+);
 
 storage_test!(service_status_shows_what_runs_where, |backend| async move {
     let (_db, server, admin) = setup(backend).await;

@@ -1,16 +1,14 @@
-//! DORA metrics, computed in the database: counts with one grouped query, medians and 90th
-//! percentiles with window functions that return only the ranked rows, so the cost grows with
-//! the number of buckets, not with the number of deployments sent back. Definitions (which
-//! deployments count, nearest-rank percentiles, the bands) are the contract's, in
-//! `proto/platform/insights/v1/resources.proto`.
+//! DORA metrics, folded from day rollups ([`dora_days`]) rather than read from every deployment:
+//! a 90-day tenant window is a row per (environment, Component, day), plus the rows of the two
+//! days the window's ends cut. Definitions (which deployments count, nearest-rank percentiles,
+//! the bands) are the contract's, in `proto/platform/insights/v1/resources.proto`.
 //!
 //! A period (the whole window, or one bucket) is `[origin + b·len, origin + (b+1)·len)` clipped to
-//! the window; every query groups by `b = (end_time_us - origin) / len`. Deployments belong to a
-//! period by their `end_time_us`; restores are looked for up to the window's end.
+//! the window; buckets are whole days or weeks, so each rollup falls in exactly one. Deployments
+//! belong to a period by their `end_time_us`; restores are looked for up to the window's end.
 
 use std::collections::BTreeMap;
 
-use platform_api::platform::deployments::v1 as dpb;
 use platform_api::platform::environments::v1 as epb;
 use platform_api::platform::insights::v1 as pb;
 use sqlx::Row;
@@ -22,11 +20,10 @@ use crate::filter::{Param, bind_params};
 use crate::names::{parse_child_name, parse_tenant_name};
 use crate::store::{Store, now_micros};
 
+use super::dora_days;
+
 pub(super) const DAY_US: i64 = 86_400_000_000;
 pub(super) const HOUR_US: i64 = 3_600_000_000;
-const SUCCEEDED: i64 = dpb::DeploymentState::Succeeded as i64;
-const FAILED: i64 = dpb::DeploymentState::Failed as i64;
-const CANCELLED: i64 = dpb::DeploymentState::Cancelled as i64;
 
 /// SQL text with its bound parameters, numbered as they are added.
 struct Sql {
@@ -41,47 +38,8 @@ impl Sql {
         self.params.push(value);
         format!("${}", self.params.len())
     }
-    fn int(&mut self, value: i64) -> String {
-        self.p(Param::Int(value))
-    }
     fn text(&mut self, value: &str) -> String {
         self.p(Param::Text(value.to_owned()))
-    }
-}
-
-/// Which deployments count: the tenant, the scope's components, the environments.
-struct Selection {
-    tenant: String,
-    /// `None`: every component (tenant scope).
-    components: Option<Vec<String>>,
-    environments: Vec<String>,
-}
-
-impl Selection {
-    /// The WHERE conditions on `d` (without the time range and state).
-    fn conditions(&self, sql: &mut Sql) -> String {
-        let mut out = format!("d.tenant = {}", sql.text(&self.tenant));
-        let list = |sql: &mut Sql, values: &[String]| -> String {
-            values
-                .iter()
-                .map(|v| sql.text(v))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match &self.components {
-            Some(c) if c.is_empty() => out.push_str(" AND 1 = 0"),
-            Some(c) => out.push_str(&format!(" AND d.component IN ({})", list(sql, c))),
-            None => {}
-        }
-        if self.environments.is_empty() {
-            out.push_str(" AND 1 = 0");
-        } else {
-            out.push_str(&format!(
-                " AND d.environment IN ({})",
-                list(sql, &self.environments)
-            ));
-        }
-        out
     }
 }
 
@@ -167,23 +125,19 @@ pub async fn dora_metrics_get(
     crate::iam::tenant_active(store.pool(), &tenant).await?;
     let (scope_type, scope_ref, components) = scope(store, &tenant, req).await?;
     let environments = environments(store, &tenant, &req.environments).await?;
-    let selection = Selection {
-        tenant: tenant.clone(),
-        components: components.clone(),
-        environments: environments.clone(),
-    };
-    let whole = Periods {
-        start,
-        end,
-        origin: start,
-        len: end - start,
-    };
+    let pieces = dora_days::pieces(
+        store,
+        &dora_days::Scope {
+            tenant: &tenant,
+            components: components.as_deref(),
+            environments: &environments,
+        },
+        (start, end),
+    )
+    .await?;
     let summary = figures_of(
-        &raw_figures::<i64>(store, &selection, whole, GroupBy::Bucket)
-            .await?
-            .remove(&0)
-            .unwrap_or_default(),
-        whole.bounds(0),
+        &fold(&pieces, end, |_| ()).remove(&()).unwrap_or_default(),
+        (start, end),
     );
     let buckets = match granularity {
         pb::DoraGranularity::Unspecified => Vec::new(),
@@ -202,7 +156,7 @@ pub async fn dora_metrics_get(
                 origin,
                 len,
             };
-            let mut raw = raw_figures::<i64>(store, &selection, periods, GroupBy::Bucket).await?;
+            let mut raw = fold(&pieces, end, |p| (p.start - origin).div_euclid(len));
             (0..periods.count())
                 .map(|b| {
                     let bounds = periods.bounds(b);
@@ -240,28 +194,21 @@ pub async fn dora_metrics_get(
 
 /// DORA figures per Component over `[start, end)` for deployments to `environments` (ids): of
 /// the given Components, or of every Component with `None`. The data of the scorecards'
-/// deployment checks, computed by the same queries as GetDoraMetrics, grouped by Component.
+/// deployment checks, computed from the same day rollups as GetDoraMetrics, by Component.
 pub(super) async fn component_figures(
     store: &Store,
     tenant: &str,
-    components: Option<Vec<String>>,
-    environments: Vec<String>,
+    components: Option<&[String]>,
+    environments: &[String],
     (start, end): (i64, i64),
 ) -> Result<BTreeMap<String, pb::DoraFigures>, Error> {
-    let selection = Selection {
-        tenant: tenant.to_owned(),
+    let scope = dora_days::Scope {
+        tenant,
         components,
         environments,
     };
-    let whole = Periods {
-        start,
-        end,
-        origin: start,
-        len: end - start,
-    };
-    let raw: BTreeMap<String, Raw> =
-        raw_figures(store, &selection, whole, GroupBy::Component).await?;
-    Ok(raw
+    let pieces = dora_days::pieces(store, &scope, (start, end)).await?;
+    Ok(fold(&pieces, end, |p| p.component.clone())
         .into_iter()
         .map(|(component, r)| (component, figures_of(&r, (start, end))))
         .collect())
@@ -376,194 +323,65 @@ pub(super) async fn environments(
     Ok(ids)
 }
 
-/// How figures are grouped: by bucket of `periods` (an integer key) or by Component over the
-/// whole window (the reference as key, for the scorecards' deployment checks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GroupBy {
-    Bucket,
-    Component,
-}
-
-impl GroupBy {
-    /// The key expression over `d`, binding what it needs (PostgreSQL rejects unused parameters).
-    fn key(self, sql: &mut Sql, periods: Periods) -> String {
-        match self {
-            GroupBy::Bucket => {
-                let (origin, len) = (sql.int(periods.origin), sql.int(periods.len));
-                format!("(d.end_time_us - {origin}) / {len}")
-            }
-            GroupBy::Component => "d.component".to_owned(),
-        }
-    }
-}
-
-/// Runs the queries for `periods` and gathers their results by key: the bucket number (`i64`)
-/// or the Component (`String`), as `group` says.
-async fn raw_figures<K>(
-    store: &Store,
-    selection: &Selection,
-    periods: Periods,
-    group: GroupBy,
-) -> Result<BTreeMap<K, Raw>, Error>
-where
-    K: Ord + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
-{
+/// Folds pieces (sorted by environment, Component and start; see [`dora_days::pieces`]) into
+/// raw figures per key: a bucket, the whole window, or a Component. Failures still open at the
+/// end of a piece are carried to the next success of the same Component and environment, and
+/// count as unrestored if none comes before the window's end.
+fn fold<K: Ord + Clone>(
+    pieces: &[dora_days::Piece],
+    window_end: i64,
+    key_of: impl Fn(&dora_days::Piece) -> K,
+) -> BTreeMap<K, Raw> {
     let mut raw: BTreeMap<K, Raw> = BTreeMap::new();
-
-    // Counts by outcome, rollbacks, and what lead time leaves out.
-    let mut sql = Sql::new();
-    let cond = selection.conditions(&mut sql);
-    let key = group.key(&mut sql, periods);
-    let (s, e) = (sql.int(periods.start), sql.int(periods.end));
-    let (ok, failed, cancelled) = (sql.int(SUCCEEDED), sql.int(FAILED), sql.int(CANCELLED));
-
-    let count = |when: &str| format!("CAST(SUM(CASE WHEN {when} THEN 1 ELSE 0 END) AS BIGINT)");
-    let text = format!(
-        "SELECT {key} AS b, {} AS succeeded, {} AS failed, {} AS cancelled, \
-         {} AS rollbacks, {} AS without_commit, {} AS commit_after \
-         FROM deployments d WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
-         AND d.state IN ({ok}, {failed}, {cancelled}) GROUP BY {key}",
-        count(&format!("d.state = {ok}")),
-        count(&format!("d.state = {failed}")),
-        count(&format!("d.state = {cancelled}")),
-        count(&format!("d.state = {ok} AND d.rollback_of <> ''")),
-        count(&format!(
-            "d.state = {ok} AND d.rollback_of = '' AND d.commit_time_us IS NULL"
-        )),
-        count(&format!(
-            "d.state = {ok} AND d.rollback_of = '' AND d.commit_time_us > d.end_time_us"
-        )),
-    );
-    for row in bind_params(sqlx::query(&text), &sql.params)
-        .fetch_all(store.pool())
-        .await?
-    {
-        let r = raw.entry(row.try_get("b")?).or_default();
-        r.succeeded = row.try_get("succeeded")?;
-        r.failed = row.try_get("failed")?;
-        r.cancelled = row.try_get("cancelled")?;
-        r.rollbacks = row.try_get("rollbacks")?;
-        r.without_commit = row.try_get("without_commit")?;
-        r.commit_after = row.try_get("commit_after")?;
-    }
-
-    // Rolled back: walked from the rollbacks created before the window's end (few) to the
-    // deployments they name, by primary key, rather than probing every deployment.
-    let mut sql = Sql::new();
-    let cond = selection.conditions(&mut sql);
-    let prefix = format!("tenants/{}/deployments/", selection.tenant);
-    let key = group.key(&mut sql, periods);
-    let (s, e, ok, tenant, from) = (
-        sql.int(periods.start),
-        sql.int(periods.end),
-        sql.int(SUCCEEDED),
-        sql.text(&selection.tenant),
-        sql.int(prefix.len() as i64 + 1),
-    );
-    let text = format!(
-        "SELECT {key} AS b, COUNT(DISTINCT d.id) AS n \
-         FROM deployments r JOIN deployments d ON d.tenant = r.tenant AND d.id = SUBSTR(r.rollback_of, CAST({from} AS INTEGER)) \
-         WHERE r.tenant = {tenant} AND r.rollback_of > '' AND r.create_time_us < {e} \
-         AND {cond} AND d.state = {ok} AND d.end_time_us >= {s} AND d.end_time_us < {e} \
-         GROUP BY {key}"
-    );
-    for row in bind_params(sqlx::query(&text), &sql.params)
-        .fetch_all(store.pool())
-        .await?
-    {
-        raw.entry(row.try_get("b")?).or_default().rolled_back = row.try_get("n")?;
-    }
-
-    // Lead time: end - commit of successful non-rollback deployments with a usable commit time.
-    let mut sql = Sql::new();
-    let cond = selection.conditions(&mut sql);
-    let key = group.key(&mut sql, periods);
-    let (s, e, ok) = (
-        sql.int(periods.start),
-        sql.int(periods.end),
-        sql.int(SUCCEEDED),
-    );
-    let samples = format!(
-        "SELECT {key} AS b, d.end_time_us - d.commit_time_us AS v FROM deployments d \
-         WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} AND d.state = {ok} \
-         AND d.rollback_of = '' AND d.commit_time_us IS NOT NULL AND d.commit_time_us <= d.end_time_us"
-    );
-    for (b, p) in percentiles(store, &samples, &sql.params).await? {
-        raw.entry(b).or_default().lead = p;
-    }
-
-    // Time to restore: from each failure to the first later success of the same component and
-    // environment before the window's end.
-    let mut sql = Sql::new();
-    let cond = selection.conditions(&mut sql);
-    let key = group.key(&mut sql, periods);
-    let (s, e, ok, failed) = (
-        sql.int(periods.start),
-        sql.int(periods.end),
-        sql.int(SUCCEEDED),
-        sql.int(FAILED),
-    );
-    let restores = format!(
-        "SELECT {key} AS b, \
-           (SELECT MIN(x.end_time_us) FROM deployments x WHERE x.tenant = d.tenant AND x.environment = d.environment \
-            AND x.component = d.component AND x.state = {ok} AND x.end_time_us > d.end_time_us AND x.end_time_us < {e}) \
-           - d.end_time_us AS v \
-         FROM deployments d WHERE {cond} AND d.end_time_us >= {s} AND d.end_time_us < {e} AND d.state = {failed}"
-    );
-    let unrestored = format!(
-        "SELECT f.b AS b, COUNT(*) AS n FROM ({restores}) f WHERE f.v IS NULL GROUP BY f.b"
-    );
-    for row in bind_params(sqlx::query(&unrestored), &sql.params)
-        .fetch_all(store.pool())
-        .await?
-    {
-        raw.entry(row.try_get("b")?).or_default().unrestored = row.try_get("n")?;
-    }
-    let restored = format!("SELECT f.b AS b, f.v AS v FROM ({restores}) f WHERE f.v IS NOT NULL");
-    for (b, p) in percentiles(store, &restored, &sql.params).await? {
-        raw.entry(b).or_default().restore = p;
-    }
-    Ok(raw)
-}
-
-/// Nearest-rank median (rank ⌈n/2⌉) and 90th percentile (rank ⌈0.9·n⌉) of `v` per bucket `b`
-/// of `samples`, ranked by the database, which returns only the rows at those ranks.
-async fn percentiles<K>(
-    store: &Store,
-    samples: &str,
-    params: &[Param],
-) -> Result<BTreeMap<K, Percentiles>, Error>
-where
-    K: Ord + for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
-{
-    let sql = format!(
-        "SELECT r.b AS b, r.v AS v, r.rn AS rn, r.n AS n FROM ( \
-           SELECT s.b AS b, s.v AS v, ROW_NUMBER() OVER (PARTITION BY s.b ORDER BY s.v) AS rn, \
-                  COUNT(*) OVER (PARTITION BY s.b) AS n \
-           FROM ({samples}) s) r \
-         WHERE r.rn = (r.n + 1) / 2 OR r.rn = (9 * r.n + 9) / 10"
-    );
-    let mut out: BTreeMap<K, Percentiles> = BTreeMap::new();
-    for row in bind_params(sqlx::query(&sql), params)
-        .fetch_all(store.pool())
-        .await?
-    {
-        let (b, v, rn, n): (K, i64, i64, i64) = (
-            row.try_get("b")?,
-            row.try_get("v")?,
-            row.try_get("rn")?,
-            row.try_get("n")?,
-        );
-        let p = out.entry(b).or_default();
-        p.n = n;
-        if rn == (n + 1) / 2 {
-            p.median = Some(v);
+    let mut leads: BTreeMap<K, Vec<i64>> = BTreeMap::new();
+    let mut restores: BTreeMap<K, Vec<i64>> = BTreeMap::new();
+    let mut carried: Vec<(K, i64)> = Vec::new();
+    let mut lane: Option<(&str, &str)> = None;
+    for piece in pieces {
+        let this = (piece.environment.as_str(), piece.component.as_str());
+        if lane != Some(this) {
+            for (k, _) in carried.drain(..) {
+                raw.entry(k).or_default().unrestored += 1;
+            }
+            lane = Some(this);
         }
-        if rn == (9 * n + 9) / 10 {
-            p.p90 = Some(v);
+        let k = key_of(piece);
+        let p = &piece.rollup;
+        let r = raw.entry(k.clone()).or_default();
+        r.succeeded += p.succeeded;
+        r.failed += p.failed;
+        r.cancelled += p.cancelled;
+        r.rollbacks += p.rollbacks;
+        r.without_commit += p.without_commit;
+        r.commit_after += p.commit_after;
+        r.rolled_back += p.rolled_back_at.iter().filter(|&&t| t < window_end).count() as i64;
+        leads.entry(k.clone()).or_default().extend(&p.lead);
+        if let Some(first) = p.first_success {
+            for (fk, failed_at) in carried.drain(..) {
+                restores.entry(fk).or_default().push(first - failed_at);
+            }
         }
+        restores.entry(k.clone()).or_default().extend(&p.restores);
+        carried.extend(p.open_failures.iter().map(|&f| (k.clone(), f)));
     }
-    Ok(out)
+    for (k, _) in carried {
+        raw.entry(k).or_default().unrestored += 1;
+    }
+    let percentiles = |samples: &mut Vec<i64>| {
+        let (median, p90) = dora_days::nearest_ranks(samples);
+        Percentiles {
+            n: samples.len() as i64,
+            median,
+            p90,
+        }
+    };
+    for (k, mut samples) in leads {
+        raw.entry(k).or_default().lead = percentiles(&mut samples);
+    }
+    for (k, mut samples) in restores {
+        raw.entry(k).or_default().restore = percentiles(&mut samples);
+    }
+    raw
 }
 
 fn band_of(thresholds: [bool; 3]) -> pb::DoraPerformanceBand {

@@ -209,11 +209,12 @@ async fn deployment_facts(
         } else {
             key.environments.clone()
         };
+        let only: Option<Vec<String>> = only.map(|c| vec![c.to_owned()]);
         let figures = super::dora::component_figures(
             store,
             tenant,
-            only.map(|c| vec![c.to_owned()]),
-            environments,
+            only.as_deref(),
+            &environments,
             (now - key.length_us, now),
         )
         .await?;

@@ -3,6 +3,7 @@
 //! (definitions in [`scorecards`], evaluated on demand by [`evaluate`]).
 
 pub mod dora;
+mod dora_days;
 pub mod evaluate;
 pub mod graph;
 pub mod scorecards;

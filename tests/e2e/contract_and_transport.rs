@@ -125,7 +125,7 @@ async fn request_ids_are_echoed_or_generated() {
 }
 
 #[tokio::test]
-async fn unknown_and_unimplemented_methods_answer_unimplemented() {
+async fn unknown_methods_answer_unimplemented_and_every_contract_rpc_is_served() {
     let db = TestDb::new(Backend::Sqlite).await;
     let server = TestServer::start(&db).await;
     let client = server.client().await;
@@ -147,44 +147,25 @@ async fn unknown_and_unimplemented_methods_answer_unimplemented() {
         .expect_err("unknown method of a known service");
     assert_eq!(status.code(), Code::Unimplemented);
 
-    // Every RPC of the contract whose service has not landed yet says so, by name — to a caller
-    // who passed authentication and authorization, which come first.
+    // Every RPC of the contract is served: an empty request from an admin gets an answer of its
+    // own (a validation error at worst), never UNIMPLEMENTED or INTERNAL; without a token the
+    // same call is refused before anything else.
     let admin = server.admin().await;
-    let landed = [
-        "platform.iam.v1.IamService",
-        "platform.audit.v1.AuditService",
-        "platform.catalog.v1.CatalogService",
-        "platform.deployments.v1.DeploymentService",
-        "platform.environments.v1.EnvironmentService",
-        "platform.secrets.v1.SecretService",
-    ];
-    // Methods served ahead of the rest of their service.
-    let landed_methods = [
-        "/platform.insights.v1.InsightsService/GetDoraMetrics",
-        "/platform.insights.v1.InsightsService/GetServiceStatus",
-        "/platform.insights.v1.InsightsService/ListServiceStatuses",
-        "/platform.insights.v1.InsightsService/GetDependencyGraph",
-    ];
+    let mut served = 0;
     for rpc in platformd::contract::rpcs().values() {
-        if rpc.client_streaming
-            || rpc.server_streaming
-            || landed.contains(&rpc.service.as_str())
-            || landed_methods.contains(&rpc.path().as_str())
-        {
+        if rpc.client_streaming || rpc.server_streaming {
             continue;
         }
         let path: &'static str = Box::leak(rpc.path().into_boxed_str());
-        let status = admin.call_raw(path, vec![], &[]).await.expect_err(path);
-        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
-        assert!(
-            status.message().contains(&rpc.method) && status.message().contains("not implemented"),
-            "{path}: {}",
-            status.message()
-        );
-        // Without a token the same call is refused before anything else.
+        if let Err(status) = admin.call_raw(path, vec![], &[]).await {
+            assert_ne!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+            assert_ne!(status.code(), Code::Internal, "{path}: {status:?}");
+        }
         let status = client.call_raw(path, vec![], &[]).await.expect_err(path);
         assert_eq!(status.code(), Code::Unauthenticated, "{path}");
+        served += 1;
     }
+    assert!(served >= 90, "the contract has {served} unary RPCs");
     // The server is still healthy after all of that.
     assert_eq!(
         client.health_check("").await.expect("health"),

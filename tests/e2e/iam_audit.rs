@@ -752,40 +752,6 @@ async fn updates_are_conditional_on_the_etag() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn every_iam_and_audit_rpc_is_implemented() {
-    let db = TestDb::new(Backend::Sqlite).await;
-    let server = TestServer::start(&db).await;
-    let admin = server.admin().await;
-    for rpc in platformd::contract::rpcs().values() {
-        if ![
-            "platform.iam.v1.IamService",
-            "platform.audit.v1.AuditService",
-        ]
-        .contains(&rpc.service.as_str())
-            || rpc.server_streaming
-        {
-            continue;
-        }
-        let path: &'static str = Box::leak(rpc.path().into_boxed_str());
-        if let Err(status) = admin.call_raw(path, vec![], &[]).await {
-            assert_ne!(
-                status.code(),
-                Code::Unimplemented,
-                "{path}: {}",
-                status.message()
-            );
-            assert_ne!(
-                status.code(),
-                Code::Internal,
-                "{path}: {}",
-                status.message()
-            );
-        }
-    }
-    server.stop().await;
-}
-
 storage_test!(
     a_change_on_one_replica_is_in_force_on_another_within_seconds,
     |backend: Backend| async move {

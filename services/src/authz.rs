@@ -200,6 +200,11 @@ enum Decision {
     Open(tonic::body::Body),
     Allowed(Box<CallContext>, Bytes),
     Rejected(Status),
+    /// Refused before the request body was read (no or bad credentials). The body is read
+    /// before answering — bounded by the message size limit outside the gate — so that an
+    /// HTTP/1.1 (gRPC-Web) connection stays usable for the client's next call instead of being
+    /// closed under it.
+    RejectedUnread(Status, tonic::body::Body),
 }
 
 impl Gate {
@@ -251,21 +256,22 @@ impl Gate {
             .map(|v| v.to_str().unwrap_or("\u{0}"));
         let token = match header {
             None => {
-                return Decision::Rejected(
+                return Decision::RejectedUnread(
                     Error::Unauthenticated {
                         message: "no bearer token: send `authorization: Bearer <token>`".into(),
                     }
                     .into(),
+                    body,
                 );
             }
             Some(value) => match crate::auth::parse_authorization_header(value) {
                 Ok(token) => token,
-                Err(err) => return Decision::Rejected(Error::from(err).into()),
+                Err(err) => return Decision::RejectedUnread(Error::from(err).into(), body),
             },
         };
         let verified = match self.inner.authenticator.verify(token) {
             Ok(verified) => verified,
-            Err(err) => return Decision::Rejected(Error::from(err).into()),
+            Err(err) => return Decision::RejectedUnread(Error::from(err).into(), body),
         };
 
         let bytes = match body.collect().await {
@@ -551,6 +557,10 @@ where
             match gate.decide(&parts, body).await {
                 Decision::Open(body) => inner.call(Request::from_parts(parts, body)).await,
                 Decision::Rejected(status) => Ok(status.into_http()),
+                Decision::RejectedUnread(status, body) => {
+                    let _ = body.collect().await;
+                    Ok(status.into_http())
+                }
                 Decision::Allowed(ctx, bytes) => {
                     parts.extensions.insert(*ctx);
                     call_with_conflict_retries(

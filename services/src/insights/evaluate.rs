@@ -74,17 +74,19 @@ async fn subjects_load(
     } else {
         entity_filter
     };
+    // The entities' conditions over `e`, beside the tenant ($1), for both queries below.
     let (condition, mut params) = crate::catalog::entity_filter_condition(filter_text)?;
-    let mut where_sql = String::from("e.tenant = $1");
+    let mut entity_sql = String::new();
     if !condition.is_empty() {
-        where_sql.push_str(&format!(" AND ({condition})"));
+        entity_sql.push_str(&format!(" AND ({condition})"));
     }
     if let Some(reference) = only {
         params.push(reference.to_owned());
-        where_sql.push_str(&format!(" AND e.ref = ${}", params.len() + 1));
+        entity_sql.push_str(&format!(" AND e.ref = ${}", params.len() + 1));
     }
     let sql = format!(
-        "SELECT e.ref, e.kind, e.namespace, e.name, e.owner_ref, e.body FROM catalog_entities e WHERE {where_sql} ORDER BY e.ref"
+        "SELECT e.ref, e.kind, e.namespace, e.name, e.owner_ref, e.body FROM catalog_entities e \
+         WHERE e.tenant = $1{entity_sql} ORDER BY e.ref"
     );
     let mut query = sqlx::query(&sql).bind(tenant);
     for p in &params {
@@ -119,8 +121,7 @@ async fn subjects_load(
         "SELECT DISTINCT r.source_ref, r.type, r.target_ref, CASE WHEN t.ref IS NULL THEN 0 ELSE 1 END AS resolved \
          FROM catalog_relations r JOIN catalog_entities e ON e.tenant = r.tenant AND e.ref = r.source_ref \
          LEFT JOIN catalog_entities t ON t.tenant = r.tenant AND t.ref = r.target_ref \
-         WHERE r.tenant = $1 AND {}",
-        where_sql.replacen("e.tenant = $1", "1 = 1", 1)
+         WHERE r.tenant = $1{entity_sql}"
     );
     let mut query = sqlx::query(&sql).bind(tenant);
     for p in &params {

@@ -426,6 +426,59 @@ async fn a_new_user_logs_in_applies_the_catalog_deploys_and_watches() {
     let events: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(events.as_array().expect("array").len(), 5);
     assert!(!out.stdout.contains("hunter2"));
+    // `audit tail` follows events as they are recorded, one JSON object per line.
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_platformctl"))
+        .args([
+            "audit",
+            "tail",
+            "-o",
+            "json",
+            "--filter",
+            "method = \"/platform.environments.v1.EnvironmentService/LockEnvironment\"",
+        ])
+        .env_clear()
+        .env("HOME", home)
+        .env("PLATFORM_CONFIG", home.join("platformctl.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tail runs");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(
+        tail.stdout.take().expect("stdout"),
+    ));
+    let mut followed = None;
+    // The tail subscribes asynchronously: lock until an event arrives (or give up).
+    for _ in 0..20 {
+        ok(
+            &ctl(
+                home,
+                &[],
+                &["environments", "lock", "dev", "--reason", "tail"],
+                None,
+            )
+            .await,
+            "lock",
+        );
+        ok(
+            &ctl(home, &[], &["environments", "unlock", "dev"], None).await,
+            "unlock",
+        );
+        if let Ok(Ok(Some(line))) =
+            tokio::time::timeout(Duration::from_millis(500), lines.next_line()).await
+        {
+            followed = Some(line);
+            break;
+        }
+    }
+    let line = followed.expect("audit tail printed the lock");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("one JSON event per line");
+    assert_eq!(
+        event["method"],
+        "/platform.environments.v1.EnvironmentService/LockEnvironment"
+    );
+    tail.kill().await.expect("stop tail");
+
     let out = ctl(home, &[], &["audit", "verify"], None).await;
     ok(&out, "verify");
     assert!(out.stdout.contains("true"), "{}", out.stdout);

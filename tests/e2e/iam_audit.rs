@@ -23,7 +23,7 @@ async fn create_tenant(admin: &TestClient, id: &str) -> iam::Tenant {
         .into_inner()
 }
 
-async fn bind(
+pub(crate) async fn bind(
     admin: &TestClient,
     tenant: &str,
     id: &str,

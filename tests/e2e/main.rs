@@ -12,6 +12,7 @@ mod environments;
 mod iam_audit;
 mod identity;
 mod insights;
+mod isolation;
 mod process;
 mod replicas;
 mod scorecards;

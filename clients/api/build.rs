@@ -29,6 +29,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Methods a service does not implement yet answer UNIMPLEMENTED instead of failing the
         // build, so services can land method by method.
         .generate_default_stubs(true)
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL (see `codec` in lib.rs).
+        .codec_path("crate::codec::ProstCodec")
         .compile_fds(descriptor_set)?;
     Ok(())
 }

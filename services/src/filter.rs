@@ -30,11 +30,21 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid_argument("filter", msg)
 }
 
+/// Filters are text for people: control characters other than whitespace (a NUL, which
+/// PostgreSQL cannot store in text, among them) are refused before any value is bound.
+fn check_characters(filter: &str) -> Result<(), Error> {
+    if filter.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(invalid("must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// Parses a filter; the empty filter is no terms.
 pub fn parse(filter: &str) -> Result<Vec<Term>, Error> {
     if filter.len() > MAX_FILTER_LEN {
         return Err(invalid(format!("at most {MAX_FILTER_LEN} bytes")));
     }
+    check_characters(filter)?;
     let chars: Vec<char> = filter.chars().collect();
     let mut pos = 0;
     let mut terms = Vec::new();
@@ -183,6 +193,7 @@ fn tokenize(filter: &str) -> Result<Vec<Token>, Error> {
     if filter.len() > MAX_FILTER_LEN {
         return Err(invalid(format!("at most {MAX_FILTER_LEN} bytes")));
     }
+    check_characters(filter)?;
     let chars: Vec<char> = filter.chars().collect();
     let mut tokens = Vec::new();
     let mut pos = 0;

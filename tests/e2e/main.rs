@@ -9,6 +9,7 @@ mod catalog_ownership;
 mod contract_and_transport;
 mod deployments;
 mod environments;
+mod hostile;
 mod iam_audit;
 mod identity;
 mod insights;

@@ -73,3 +73,66 @@ pub const SERVICE_NAMES: [&str; 7] = [
     "platform.audit.v1.AuditService",
     "platform.insights.v1.InsightsService",
 ];
+
+/// The codec of every generated client and server: prost's, except that a message that does
+/// not decode (malformed wire data, invalid UTF-8 in a string field) is the sender's error,
+/// INVALID_ARGUMENT, rather than tonic's INTERNAL. A server receives requests from anyone; a
+/// request it cannot parse is never the server's fault. (A client sees the same code for a
+/// response it cannot decode.)
+pub mod codec {
+    use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
+    use tonic::{Code, Status};
+
+    #[derive(Debug, Clone)]
+    pub struct ProstCodec<T, U>(tonic_prost::ProstCodec<T, U>);
+
+    impl<T, U> Default for ProstCodec<T, U> {
+        fn default() -> Self {
+            ProstCodec(tonic_prost::ProstCodec::default())
+        }
+    }
+
+    impl<T, U> Codec for ProstCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = tonic_prost::ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            self.0.encoder()
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstDecoder(self.0.decoder())
+        }
+    }
+
+    /// prost's decoder with decode failures mapped to INVALID_ARGUMENT.
+    #[derive(Debug)]
+    pub struct ProstDecoder<U>(tonic_prost::ProstDecoder<U>);
+
+    impl<U: prost::Message + Default> Decoder for ProstDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            self.0.decode(buf).map_err(|status| match status.code() {
+                Code::Internal => Status::invalid_argument(format!(
+                    "the message is not valid protobuf for this method: {}",
+                    status
+                        .message()
+                        .trim_start_matches("failed to decode Protobuf message: ")
+                )),
+                _ => status,
+            })
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            self.0.buffer_settings()
+        }
+    }
+}

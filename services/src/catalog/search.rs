@@ -326,6 +326,18 @@ impl CatalogService {
     }
 }
 
+/// Search text is for people: control characters other than whitespace (a NUL, which PostgreSQL
+/// cannot store or compare in text, among them) are INVALID_ARGUMENT.
+pub(crate) fn check_query_characters(query: &str) -> Result<(), Error> {
+    if query.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(Error::invalid_argument(
+            "query",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,16 +399,4 @@ mod tests {
         assert!(facet_sql("labels.").is_err());
         assert!(facet_sql("spec.definition").is_err());
     }
-}
-
-/// Search text is for people: control characters other than whitespace (a NUL, which PostgreSQL
-/// cannot store or compare in text, among them) are INVALID_ARGUMENT.
-pub(crate) fn check_query_characters(query: &str) -> Result<(), Error> {
-    if query.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(Error::invalid_argument(
-            "query",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }

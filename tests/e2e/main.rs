@@ -7,6 +7,7 @@ mod catalog;
 mod catalog_discovery;
 mod catalog_ownership;
 mod contract_and_transport;
+mod crash;
 mod deployments;
 mod environments;
 mod hostile;

@@ -185,6 +185,8 @@ struct GateInner {
     paths: FieldPaths,
     /// How often a call rolled back for a database conflict is run again.
     conflict_retries: u32,
+    /// Per-principal rate limits, when configured.
+    rate_limiter: Option<crate::ratelimit::RateLimiter>,
 }
 
 impl std::fmt::Debug for Gate {
@@ -214,6 +216,7 @@ impl Gate {
         audit: AuditLog,
         store: Store,
         conflict_retries: u32,
+        rate_limit: Option<crate::ratelimit::RateLimit>,
     ) -> Result<Self, String> {
         Ok(Gate {
             inner: Arc::new(GateInner {
@@ -223,6 +226,7 @@ impl Gate {
                 store,
                 paths: FieldPaths::resolve()?,
                 conflict_retries,
+                rate_limiter: rate_limit.map(crate::ratelimit::RateLimiter::new),
             }),
         })
     }
@@ -273,6 +277,16 @@ impl Gate {
             Ok(verified) => verified,
             Err(err) => return Decision::RejectedUnread(Error::from(err).into(), body),
         };
+        if let Some(limiter) = &self.inner.rate_limiter
+            && let Err(wait) = limiter.check(&principal_of(&verified))
+        {
+            let message = format!(
+                "rate limit: {} calls per second per principal; retry in {} ms",
+                limiter.limit().per_second,
+                wait.as_millis().max(1)
+            );
+            return Decision::RejectedUnread(Error::ResourceExhausted { message }.into(), body);
+        }
 
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),

@@ -45,6 +45,14 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED [default: 1024].
     #[arg(long, env = "PLATFORM_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Calls per second each principal may make before further calls are refused with
+    /// RESOURCE_EXHAUSTED; 0 = no per-principal limit [default: 0].
+    #[arg(long, env = "PLATFORM_RATE_LIMIT_PER_PRINCIPAL")]
+    pub rate_limit_per_principal: Option<u32>,
+    /// Calls a principal that has been quiet may make at once, above its steady rate [default:
+    /// twice the rate].
+    #[arg(long, env = "PLATFORM_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
     /// Maximum database connections in the pool [default: 16 for PostgreSQL, 8 for SQLite].
     #[arg(long, env = "PLATFORM_DB_MAX_CONNECTIONS")]
     pub db_max_connections: Option<u32>,
@@ -116,6 +124,8 @@ struct FileConfig {
     shutdown_grace_secs: Option<u64>,
     max_message_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
+    rate_limit_per_principal: Option<u32>,
+    rate_limit_burst: Option<u32>,
     db_max_connections: Option<u32>,
     db_acquire_timeout_secs: Option<u64>,
     db_statement_timeout_secs: Option<u64>,
@@ -154,6 +164,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub max_message_bytes: usize,
     pub max_concurrent_requests: usize,
+    /// The per-principal rate limit; `None` when off.
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
     pub db_max_connections: Option<u32>,
     pub db_acquire_timeout: Duration,
     /// PostgreSQL `statement_timeout`; `None` leaves the server's default.
@@ -384,6 +396,26 @@ impl ServeArgs {
                 "must be at least 1",
             ));
         }
+        let rate_limit = match self
+            .rate_limit_per_principal
+            .or(file.rate_limit_per_principal)
+            .unwrap_or(0)
+        {
+            0 => None,
+            per_second => {
+                let burst = self
+                    .rate_limit_burst
+                    .or(file.rate_limit_burst)
+                    .unwrap_or(per_second.saturating_mul(2));
+                if burst == 0 {
+                    return Err(ConfigError::new("rate-limit-burst", "must be at least 1"));
+                }
+                Some(crate::ratelimit::RateLimit {
+                    per_second: f64::from(per_second),
+                    burst: f64::from(burst),
+                })
+            }
+        };
         let db_max_connections = self.db_max_connections.or(file.db_max_connections);
         if db_max_connections == Some(0) {
             return Err(ConfigError::new("db-max-connections", "must be at least 1"));
@@ -496,6 +528,7 @@ impl ServeArgs {
             ),
             max_message_bytes,
             max_concurrent_requests,
+            rate_limit,
             db_max_connections,
             db_acquire_timeout: Duration::from_secs(
                 self.db_acquire_timeout_secs

@@ -4,7 +4,7 @@
 //! One module per service (`iam`, `audit`, `catalog`), each with its handlers and storage queries; shared
 //! plumbing beside them: `auth` (tokens), `authz` (the gate every call passes), `context` (who
 //! is calling), `config`, `error`, `store`, `idempotency`, `names`, `filter`, `pagination`,
-//! `request_id`, `limits`, `telemetry`, `contract`, and `server`, which assembles them.
+//! `request_id`, `limits` and `ratelimit`, `telemetry`, `contract`, and `server`, which assembles them.
 
 pub mod audit;
 pub mod auth;
@@ -25,6 +25,7 @@ pub mod insights;
 pub mod limits;
 pub mod names;
 pub mod pagination;
+pub mod ratelimit;
 pub mod request_id;
 pub mod secrets;
 pub mod server;

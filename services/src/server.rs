@@ -136,6 +136,7 @@ impl App {
             audit.clone(),
             store.clone(),
             config.db_conflict_retries,
+            config.rate_limit,
         )
         .map_err(StartError::Policy)?;
         bootstrap(&config, &store, &audit, &authenticator).await?;

@@ -15,6 +15,7 @@ mod iam_audit;
 mod identity;
 mod insights;
 mod isolation;
+mod overload;
 mod process;
 mod replicas;
 mod scorecards;

@@ -11,7 +11,7 @@ use tonic::Code;
 use crate::storage_test;
 use crate::support::{Backend, TestClient, TestDb, TestServer};
 
-async fn create_tenant(admin: &TestClient, id: &str) -> iam::Tenant {
+pub(crate) async fn create_tenant(admin: &TestClient, id: &str) -> iam::Tenant {
     admin
         .iam()
         .create_tenant(admin.req(iam::CreateTenantRequest {

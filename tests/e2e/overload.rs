@@ -11,6 +11,7 @@ use platform_api::platform::iam::v1 as iam;
 use tonic::Code;
 
 use crate::catalog::{catalog, import};
+use crate::iam_audit::create_tenant;
 use crate::support::{Backend, TestClient, TestDb, TestServer};
 
 async fn caller(client: &TestClient) -> Result<(), tonic::Status> {
@@ -74,14 +75,7 @@ async fn calls_over_the_concurrency_limit_are_shed_at_once() {
     config.max_concurrent_requests = 2;
     let server = TestServer::start_with(config).await;
     let admin = server.admin().await;
-    admin
-        .iam()
-        .create_tenant(admin.req(iam::CreateTenantRequest {
-            tenant_id: "acme".into(),
-            ..Default::default()
-        }))
-        .await
-        .expect("tenant");
+    create_tenant(&admin, "acme").await;
     // A catalog big enough that a full page takes a while to read and send.
     let docs: String = (0..1000)
         .map(|i| {

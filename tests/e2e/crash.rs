@@ -14,6 +14,7 @@ use platform_api::platform::iam::v1 as iam;
 use platform_api::platform::secrets::v1 as spb;
 
 use crate::deployments::{environments, noop};
+use crate::iam_audit::create_tenant;
 use crate::storage_test;
 use crate::support::{ServerProcess, TestClient, TestDb, read_bootstrap_token};
 
@@ -121,14 +122,7 @@ storage_test!(
         let first = ServerProcess::start(&db, &[]).await;
         let token = read_bootstrap_token(db.data_dir.path());
         let admin = first.client().await.with_token(&token);
-        admin
-            .iam()
-            .create_tenant(admin.req(iam::CreateTenantRequest {
-                tenant_id: "acme".into(),
-                ..Default::default()
-            }))
-            .await
-            .expect("tenant");
+        create_tenant(&admin, "acme").await;
         let acked = Arc::new(Mutex::new(Vec::new()));
         let mut writers = Vec::new();
         for caller in 0..6 {

@@ -200,11 +200,25 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolClosed => Error::Unavailable {
                 message: "the server is shutting down".to_owned(),
             },
+            // The connection broke or could not be made: the database is away, for now.
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
+                Error::Unavailable {
+                    message: "the database cannot be reached; retry with backoff".to_owned(),
+                }
+            }
             sqlx::Error::Database(db) => match db.code().as_deref() {
                 // PostgreSQL: statement_timeout (or a cancel) stopped the statement.
                 Some("57014") => Error::Unavailable {
                     message: "the database took too long; retry with backoff".to_owned(),
                 },
+                // PostgreSQL: the connection failed, or the server is shutting down or starting.
+                Some(code)
+                    if code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03") =>
+                {
+                    Error::Unavailable {
+                        message: "the database cannot be reached; retry with backoff".to_owned(),
+                    }
+                }
                 // PostgreSQL: a serialization failure or a deadlock with a concurrent
                 // transaction (another replica, say); nothing was written.
                 Some("40001" | "40P01") => Error::Conflict {

@@ -8,6 +8,7 @@ mod catalog_discovery;
 mod catalog_ownership;
 mod contract_and_transport;
 mod crash;
+mod db_outage;
 mod deployments;
 mod environments;
 mod hostile;

@@ -19,6 +19,8 @@ pub mod driver;
 pub mod environments;
 pub mod error;
 pub mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod iam;
 pub mod idempotency;
 pub mod insights;

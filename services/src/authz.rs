@@ -202,10 +202,9 @@ enum Decision {
     Open(tonic::body::Body),
     Allowed(Box<CallContext>, Bytes),
     Rejected(Status),
-    /// Refused before the request body was read (no or bad credentials). The body is read
-    /// before answering — bounded by the message size limit outside the gate — so that an
-    /// HTTP/1.1 (gRPC-Web) connection stays usable for the client's next call instead of being
-    /// closed under it.
+    /// Refused before the request body was read (no or bad credentials, a rate limit). The
+    /// body is read (up to a bound) before answering, so that an HTTP/1.1 (gRPC-Web) connection
+    /// stays usable for the client's next call instead of being closed under it.
     RejectedUnread(Status, tonic::body::Body),
 }
 
@@ -572,7 +571,11 @@ where
                 Decision::Open(body) => inner.call(Request::from_parts(parts, body)).await,
                 Decision::Rejected(status) => Ok(status.into_http()),
                 Decision::RejectedUnread(status, body) => {
-                    let _ = body.collect().await;
+                    // Bounded, so a caller who never finishes its body cannot hold the call
+                    // open: past 64 KiB or a second the connection is simply closed after the
+                    // answer, as before.
+                    let drain = http_body_util::Limited::new(body, 64 * 1024).collect();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), drain).await;
                     Ok(status.into_http())
                 }
                 Decision::Allowed(ctx, bytes) => {

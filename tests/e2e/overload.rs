@@ -1,7 +1,8 @@
 //! Overload: a principal over its rate is refused with RESOURCE_EXHAUSTED while another principal
 //! is served, and is served again once its bucket refills; more concurrent calls than the server
 //! admits are shed at once with RESOURCE_EXHAUSTED, the admitted ones succeed, and the server
-//! serves normally as soon as the burst is over. Figures (how many were refused, how long the
+//! serves normally as soon as the burst is over; a client's deadline cancels the work and rolls
+//! it back. Figures (how many were refused, how long the
 //! refusals and the admitted calls took) are printed, not asserted: this machine is shared.
 
 use std::time::{Duration, Instant};
@@ -149,5 +150,64 @@ async fn calls_over_the_concurrency_limit_are_shed_at_once() {
         shed.len(),
         max(&shed)
     );
+    server.stop().await;
+}
+
+/// A client's deadline (`grpc-timeout`) ends the call on the server too: the import it cut
+/// short is rolled back whole, and the same import without a deadline succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_cancels_the_work_and_rolls_it_back() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(&db).await;
+    let admin = server.admin().await;
+    create_tenant(&admin, "acme").await;
+    let docs: String = (0..5000)
+        .map(|i| {
+            format!(
+                "---\napiVersion: backstage.io/v1alpha1\nkind: Component\nmetadata:\n  name: svc-{i}\nspec:\n  type: service\n  lifecycle: production\n  owner: team-a\n"
+            )
+        })
+        .collect();
+    let request = cat::ImportEntitiesRequest {
+        parent: "tenants/acme".into(),
+        sources: vec![cat::ImportSource {
+            path: "c.yaml".into(),
+            content: docs,
+        }],
+        ..Default::default()
+    };
+    let mut hurried = admin.req(request.clone());
+    hurried.set_timeout(Duration::from_millis(50));
+    let status = catalog(&admin)
+        .import_entities(hurried)
+        .await
+        .expect_err("5,000 entities do not import in 50 ms");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // Whatever the server had started is gone: nothing half-written, now or a moment later.
+    let count = || async {
+        catalog(&admin)
+            .list_entities(admin.req(cat::ListEntitiesRequest {
+                parent: "tenants/acme".into(),
+                page_size: 1,
+                ..Default::default()
+            }))
+            .await
+            .expect("list")
+            .into_inner()
+            .total_size
+    };
+    assert_eq!(count().await, 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(count().await, 0, "the cut import was rolled back whole");
+    let imported = catalog(&admin)
+        .import_entities(admin.req(request))
+        .await
+        .expect("the same import without a deadline")
+        .into_inner();
+    assert_eq!(imported.created_count, 5000);
+    assert_eq!(count().await, 5000);
     server.stop().await;
 }

@@ -274,7 +274,12 @@ impl Gate {
         };
         let verified = match self.inner.authenticator.verify(token) {
             Ok(verified) => verified,
-            Err(err) => return Decision::RejectedUnread(Error::from(err).into(), body),
+            Err(err) => {
+                if err == crate::auth::AuthError::Revoked {
+                    self.audit_revoked_use(parts, entry.permission, token).await;
+                }
+                return Decision::RejectedUnread(Error::from(err).into(), body);
+            }
         };
         if let Some(limiter) = &self.inner.rate_limiter
             && let Err(wait) = limiter.check(&principal_of(&verified))
@@ -342,23 +347,7 @@ impl Gate {
         };
         let resource = target.resource.clone();
         let tenant = target.tenant.clone();
-        let request_id = parts
-            .extensions
-            .get::<RequestId>()
-            .map(|r| r.to_string())
-            .unwrap_or_default();
-        let peer = parts
-            .extensions
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|info| info.remote_addr())
-            .map(|addr| addr.to_string())
-            .unwrap_or_default();
-        let user_agent = parts
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(names::printable)
-            .unwrap_or_default();
+        let (request_id, peer, user_agent) = call_facts(parts);
         let ctx = CallContext {
             principal: principal_of(&verified),
             token_id: verified.claims.jti.clone().unwrap_or_default(),
@@ -431,11 +420,51 @@ impl Gate {
         }
     }
 
-    /// Records a denial in the tenant's chain when the tenant exists, else in the platform chain
-    /// (so that probing random tenant names creates no chains).
+    /// Records a denied call (PERMISSION_DENIED).
     async fn audit_denial(&self, ctx: &CallContext) {
-        let mut record =
-            AuditRecord::of_call(ctx, Outcome::Denied, tonic::Code::PermissionDenied, &[]);
+        self.audit_refusal(ctx, tonic::Code::PermissionDenied).await;
+    }
+
+    /// Records the use of an authentic token that has been revoked — who, with which token id,
+    /// calling what — in the chain of the service account's tenant (else the platform's). Only a
+    /// token the server signed or an identity provider vouches for gets here, so an anonymous
+    /// caller cannot fill the trail with it.
+    async fn audit_revoked_use(
+        &self,
+        parts: &http::request::Parts,
+        permission: &'static str,
+        token: &str,
+    ) {
+        let Some(verified) = self.inner.authenticator.revoked_token_identity(token) else {
+            return;
+        };
+        let principal = principal_of(&verified);
+        let tenant = principal
+            .strip_prefix("serviceAccount:tenants/")
+            .and_then(|rest| rest.split('/').next())
+            .map(str::to_owned);
+        let (request_id, peer, user_agent) = call_facts(parts);
+        let ctx = CallContext {
+            principal,
+            token_id: verified.claims.jti.clone().unwrap_or_default(),
+            token_issuer: verified.claims.iss.clone(),
+            token_expire_us: 0,
+            token_grants: Vec::new(),
+            method: parts.uri.path().to_owned(),
+            permission,
+            resource: String::new(),
+            tenant,
+            request_id,
+            peer,
+            user_agent,
+        };
+        self.audit_refusal(&ctx, tonic::Code::Unauthenticated).await;
+    }
+
+    /// Records a refused call in the tenant's chain when the tenant exists, else in the
+    /// platform chain (so that probing random tenant names creates no chains).
+    async fn audit_refusal(&self, ctx: &CallContext, code: tonic::Code) {
+        let mut record = AuditRecord::of_call(ctx, Outcome::Denied, code, &[]);
         if let Some(tenant) = &ctx.tenant {
             let exists = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM tenants WHERE id = $1")
                 .bind(tenant)
@@ -591,6 +620,28 @@ where
             }
         })
     }
+}
+
+/// The request id, peer address and user agent of a call, for its context and audit records.
+fn call_facts(parts: &http::request::Parts) -> (String, String, String) {
+    let request_id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.to_string())
+        .unwrap_or_default();
+    let peer = parts
+        .extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+        .map(|addr| addr.to_string())
+        .unwrap_or_default();
+    let user_agent = parts
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(names::printable)
+        .unwrap_or_default();
+    (request_id, peer, user_agent)
 }
 
 /// Calls `inner`; a call the database rolled back for a conflict with a concurrent transaction

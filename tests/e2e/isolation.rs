@@ -9,8 +9,9 @@
 //! - a principal bound as admin on another resource of B only: PERMISSION_DENIED.
 //!
 //! Every cell writes nothing (the data tables are byte-for-byte the same afterwards), leaks
-//! nothing (no response or error holds B's canary strings), and each denial of a known principal
-//! is in the audit trail. A method added to the contract without a request builder below fails
+//! nothing (no response or error holds B's canary strings), and each refusal of a known
+//! principal is in the audit trail — the use of a revoked token included; only calls without
+//! any token leave no record. A method added to the contract without a request builder below fails
 //! the test.
 
 use std::collections::BTreeMap;
@@ -674,7 +675,11 @@ storage_test!(
                 ] {
                     let (client, expected, actor) = match who {
                         Who::Nobody => (&fixture.nobody, Code::Unauthenticated, None),
-                        Who::Revoked => (&fixture.revoked, Code::Unauthenticated, None),
+                        Who::Revoked => (
+                            &fixture.revoked,
+                            Code::Unauthenticated,
+                            Some("serviceAccount:tenants/b/serviceAccounts/b-revoked"),
+                        ),
                         Who::AAdmin => {
                             (&fixture.a_admin, Code::PermissionDenied, Some("user:alice"))
                         }

@@ -385,6 +385,44 @@ pub fn expr_sql(
     })
 }
 
+/// SQL for a `labels.<key>` term over a table mirroring a resource's labels (`{table}` with
+/// `tenant`, `{owner_column}`, `key`, `value`), for the resource `{alias}` (with `tenant` and
+/// `id`): `=` and `!=` on the value, and presence `labels.<key>:*`.
+pub fn label_term_sql(
+    term: &Term,
+    key: &str,
+    table: &str,
+    owner_column: &str,
+    alias: &str,
+    params: &mut Vec<Param>,
+) -> Result<String, Error> {
+    let field = crate::names::printable(&term.field);
+    params.push(Param::Text(key.to_owned()));
+    let k = params.len() + 1;
+    let exists = |value: Option<usize>| {
+        let value = value
+            .map(|v| format!(" AND l.value = ${v}"))
+            .unwrap_or_default();
+        format!(
+            "EXISTS (SELECT 1 FROM {table} l WHERE l.tenant = {alias}.tenant AND l.{owner_column} = {alias}.id AND l.key = ${k}{value})"
+        )
+    };
+    match term.op {
+        Op::Has if term.value == "*" => Ok(exists(None)),
+        Op::Has => Err(invalid(format!("use `{field}:*` to test presence"))),
+        Op::Eq | Op::Ne => {
+            params.push(Param::Text(term.value.clone()));
+            let sql = exists(Some(params.len() + 1));
+            Ok(if term.op == Op::Eq {
+                sql
+            } else {
+                format!("(NOT {sql})")
+            })
+        }
+        _ => Err(invalid(format!("`{field}` supports =, != and :*"))),
+    }
+}
+
 /// A comparison of a time field with an RFC 3339 value: `{column} OP $n` over microseconds,
 /// the value pushed onto `params` (numbered after a first parameter, the tenant).
 pub fn time_term_sql(term: &Term, column: &str, params: &mut Vec<Param>) -> Result<String, Error> {

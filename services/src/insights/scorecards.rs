@@ -700,36 +700,7 @@ fn scorecard_term_sql(
     let bad = |why: String| Error::invalid_argument("filter", why);
     let field = term.field.as_str();
     if let Some(key) = field.strip_prefix("labels.") {
-        params.push(Param::Text(key.to_owned()));
-        let k = params.len() + 1;
-        let exists = |value: Option<usize>| {
-            let value = value
-                .map(|v| format!(" AND l.value = ${v}"))
-                .unwrap_or_default();
-            format!(
-                "EXISTS (SELECT 1 FROM scorecard_labels l WHERE l.tenant = s.tenant AND l.scorecard = s.id AND l.key = ${k}{value})"
-            )
-        };
-        return match term.op {
-            Op::Has if term.value == "*" => Ok(exists(None)),
-            Op::Has => Err(bad(format!(
-                "use `{}:*` to test presence",
-                names::printable(field)
-            ))),
-            Op::Eq | Op::Ne => {
-                params.push(Param::Text(term.value.clone()));
-                let sql = exists(Some(params.len() + 1));
-                Ok(if term.op == Op::Eq {
-                    sql
-                } else {
-                    format!("(NOT {sql})")
-                })
-            }
-            _ => Err(bad(format!(
-                "`{}` supports =, != and :*",
-                names::printable(field)
-            ))),
-        };
+        return filter::label_term_sql(term, key, "scorecard_labels", "scorecard", "s", params);
     }
     let negate = match term.op {
         Op::Eq => false,

@@ -1338,29 +1338,7 @@ fn secret_term_sql(
     let bad = |why: String| Error::invalid_argument("filter", why);
     let field = term.field.as_str();
     if let Some(key) = field.strip_prefix("labels.") {
-        params.push(Param::Text(key.to_owned()));
-        let k = params.len() + 1;
-        if term.op == Op::Has {
-            if term.value != "*" {
-                return Err(bad(format!("use `{field}:*` to test presence")));
-            }
-            return Ok(format!(
-                "EXISTS (SELECT 1 FROM secret_labels l WHERE l.tenant = s.tenant AND l.secret = s.id AND l.key = ${k})"
-            ));
-        }
-        params.push(Param::Text(term.value.clone()));
-        let v = params.len() + 1;
-        let exists = format!(
-            "EXISTS (SELECT 1 FROM secret_labels l WHERE l.tenant = s.tenant AND l.secret = s.id AND l.key = ${k} AND l.value = ${v})"
-        );
-        return match term.op {
-            Op::Eq => Ok(exists),
-            Op::Ne => Ok(format!("(NOT {exists})")),
-            _ => Err(bad(format!(
-                "`{}` supports =, != and :*",
-                names::printable(field)
-            ))),
-        };
+        return filter::label_term_sql(term, key, "secret_labels", "secret", "s", params);
     }
     let eq = |op: Op| match op {
         Op::Eq => Ok("="),

@@ -31,7 +31,7 @@ use tracing::instrument;
 use crate::audit::{AuditLog, timestamp};
 use crate::context::CallContext;
 use crate::error::{Error, FieldViolation, RpcResult, respond};
-use crate::filter::{self, Op};
+use crate::filter::{self, Op, Param};
 use crate::idempotency;
 use crate::names::{self, parse_tenant_name};
 use crate::pagination;
@@ -875,9 +875,12 @@ impl CatalogStore {
 /// A ListEntities `filter` as one SQL condition over `catalog_entities e` (empty for an empty
 /// filter) and its parameters, numbered from `$2` (`$1` is the tenant), for other services that
 /// select Components the way the catalog does (ListServiceStatuses).
-pub(crate) fn entity_filter_condition(filter_text: &str) -> Result<(String, Vec<String>), Error> {
+pub(crate) fn entity_filter_condition(filter_text: &str) -> Result<(String, Vec<Param>), Error> {
     let filter = EntityFilter::parse(filter_text, "")?;
-    Ok((filter.clauses.join(" AND "), filter.params))
+    Ok((
+        filter.clauses.join(" AND "),
+        filter.params.into_iter().map(Param::Text).collect(),
+    ))
 }
 
 /// A ListEntities filter and query as SQL over `catalog_entities e`, with bound parameters.

@@ -18,7 +18,7 @@ use super::scorecards::{self, DEFAULT_ENTITY_FILTER, DEFAULT_WINDOW_US, duration
 use crate::audit::timestamp;
 use crate::catalog::{model, normalized_ref, parse_name_or_ref};
 use crate::error::Error;
-use crate::filter::{self, Op};
+use crate::filter::{self, Op, Param, bind_params};
 use crate::names::{self, parse_child_name, parse_tenant_name};
 use crate::pagination;
 use crate::store::{Store, now_micros};
@@ -81,17 +81,14 @@ async fn subjects_load(
         entity_sql.push_str(&format!(" AND ({condition})"));
     }
     if let Some(reference) = only {
-        params.push(reference.to_owned());
+        params.push(Param::Text(reference.to_owned()));
         entity_sql.push_str(&format!(" AND e.ref = ${}", params.len() + 1));
     }
     let sql = format!(
         "SELECT e.ref, e.kind, e.namespace, e.name, e.owner_ref, e.body FROM catalog_entities e \
          WHERE e.tenant = $1{entity_sql} ORDER BY e.ref"
     );
-    let mut query = sqlx::query(&sql).bind(tenant);
-    for p in &params {
-        query = query.bind(p.as_str());
-    }
+    let query = bind_params(sqlx::query(&sql).bind(tenant), &params);
     let mut subjects = Vec::new();
     let mut index = HashMap::new();
     for row in query.fetch_all(store.pool()).await? {
@@ -123,10 +120,7 @@ async fn subjects_load(
          LEFT JOIN catalog_entities t ON t.tenant = r.tenant AND t.ref = r.target_ref \
          WHERE r.tenant = $1{entity_sql}"
     );
-    let mut query = sqlx::query(&sql).bind(tenant);
-    for p in &params {
-        query = query.bind(p.as_str());
-    }
+    let query = bind_params(sqlx::query(&sql).bind(tenant), &params);
     for row in query.fetch_all(store.pool()).await? {
         let source: String = row.try_get("source_ref")?;
         if let Some(&i) = index.get(&source) {
@@ -1047,13 +1041,14 @@ async fn predicate(
         let (condition, params) = crate::catalog::entity_filter_condition(&text)?;
         let sql =
             format!("SELECT e.ref FROM catalog_entities e WHERE e.tenant = $1 AND ({condition})");
-        let mut query = sqlx::query_scalar::<_, String>(&sql).bind(tenant);
-        for p in &params {
-            query = query.bind(p.as_str());
-        }
-        return Ok(Predicate::Catalog(
-            query.fetch_all(store.pool()).await?.into_iter().collect(),
-        ));
+        let rows = bind_params(sqlx::query(&sql).bind(tenant), &params)
+            .fetch_all(store.pool())
+            .await?;
+        let refs = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("ref"))
+            .collect::<Result<_, _>>()?;
+        return Ok(Predicate::Catalog(refs));
     }
     Err(bad(format!(
         "cannot filter on `{}` (fields: level, rules.<rule-id>, score, kind, namespace, name, spec.type, spec.lifecycle, owner, system, labels.<key>, tags)",

@@ -365,7 +365,7 @@ pub async fn service_statuses_list(
     // parameters are numbered from $2, so they go first.
     let (condition, filter_params) = crate::catalog::entity_filter_condition(&req.filter)?;
     if !condition.is_empty() {
-        params.extend(filter_params.into_iter().map(Param::Text));
+        params.extend(filter_params);
         where_sql.push_str(&format!(
             " AND EXISTS (SELECT 1 FROM catalog_entities e WHERE e.tenant = c.tenant AND e.ref = c.ref AND {condition})"
         ));

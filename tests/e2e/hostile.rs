@@ -11,7 +11,7 @@ use tonic::Code;
 
 use crate::catalog::setup;
 use crate::storage_test;
-use crate::support::TestClient;
+use crate::support::{TestClient, set_field_path};
 
 const HOSTILE_STRINGS: [&str; 12] = [
     "",
@@ -81,45 +81,6 @@ fn values(kind: &Kind) -> Vec<Value> {
     }
 }
 
-/// `message` with `path` set to `value` (the message on the way created when absent).
-fn with_value(message: &DynamicMessage, path: &[FieldDescriptor], value: Value) -> DynamicMessage {
-    let mut out = message.clone();
-    match path {
-        [field] => {
-            let value = if field.is_list() {
-                Value::List(vec![value])
-            } else {
-                value
-            };
-            out.set_field(field, value);
-        }
-        [outer, inner] => {
-            let mut child = match out.get_field(outer).as_ref() {
-                Value::Message(m) => m.clone(),
-                Value::List(items) if !items.is_empty() => match &items[0] {
-                    Value::Message(m) => m.clone(),
-                    _ => return out,
-                },
-                _ => {
-                    DynamicMessage::new(outer.kind().as_message().expect("a message field").clone())
-                }
-            };
-            child = with_value(&child, std::slice::from_ref(inner), value);
-            let child = Value::Message(child);
-            out.set_field(
-                outer,
-                if outer.is_list() {
-                    Value::List(vec![child])
-                } else {
-                    child
-                },
-            );
-        }
-        _ => {}
-    }
-    out
-}
-
 /// A request that is valid for the fixture: parent and name fields point at tenant acme's
 /// resources, so a hostile value in one other field meets the handler, not only validation.
 fn valid_base(input: &prost_reflect::MessageDescriptor) -> DynamicMessage {
@@ -182,7 +143,8 @@ storage_test!(
                     }
                     for value in hostile {
                         for base in &bases {
-                            let message = with_value(base, &field_path, value.clone());
+                            let mut message = base.clone();
+                            set_field_path(&mut message, &field_path, value.clone());
                             let bytes = prost::Message::encode_to_vec(&message);
                             cells += 1;
                             if let Some(status) =

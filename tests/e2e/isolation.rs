@@ -28,7 +28,7 @@ use tonic::Code;
 use crate::deployments::noop;
 use crate::iam_audit::bind;
 use crate::storage_test;
-use crate::support::{TestClient, TestDb, TestServer};
+use crate::support::{TestClient, TestDb, TestServer, set_field_path};
 
 /// Strings only tenant B's data holds: no cell's answer may contain them.
 const CANARIES: [&str; 4] = [
@@ -217,67 +217,32 @@ fn request_fields(method: &str) -> Option<Vec<(&'static str, &'static str)>> {
     Some(fields)
 }
 
-/// Sets `path` (dotted; repeated fields get one element) on `message` to `value`.
+/// Sets the dotted field `path` of `message` to `value`, read as the leaf field's type.
 fn set_path(message: &mut DynamicMessage, path: &str, value: &str) {
-    let (head, rest) = match path.split_once('.') {
-        Some((head, rest)) => (head, Some(rest)),
-        None => (path, None),
-    };
-    let field = message
-        .descriptor()
-        .get_field_by_name(head)
-        .unwrap_or_else(|| panic!("{} has no field {head}", message.descriptor().full_name()));
-    match rest {
-        Some(rest) => {
-            let mut child = match message.get_field(&field).as_ref() {
-                Value::Message(m) => m.clone(),
-                Value::List(items) if !items.is_empty() => match &items[0] {
-                    Value::Message(m) => m.clone(),
-                    other => panic!("{path}: not a message list: {other:?}"),
-                },
-                _ => DynamicMessage::new(
-                    field
-                        .kind()
-                        .as_message()
-                        .unwrap_or_else(|| panic!("{path}: {head} is not a message"))
-                        .clone(),
-                ),
-            };
-            set_path(&mut child, rest, value);
-            let child = Value::Message(child);
-            message.set_field(
-                &field,
-                if field.is_list() {
-                    Value::List(vec![child])
-                } else {
-                    child
-                },
-            );
+    let mut fields = Vec::new();
+    let mut descriptor = message.descriptor();
+    for name in path.split('.') {
+        let field = descriptor
+            .get_field_by_name(name)
+            .unwrap_or_else(|| panic!("{} has no field {name}", descriptor.full_name()));
+        if let Some(inner) = field.kind().as_message() {
+            descriptor = inner.clone();
         }
-        None => {
-            let scalar = match field.kind() {
-                prost_reflect::Kind::Bytes => Value::Bytes(value.as_bytes().to_vec().into()),
-                prost_reflect::Kind::Enum(e) => Value::EnumNumber(
-                    e.get_value_by_name(value)
-                        .unwrap_or_else(|| panic!("{path}: no {value} in {}", e.full_name()))
-                        .number(),
-                ),
-                prost_reflect::Kind::Int32 => Value::I32(value.parse().expect("an int32")),
-                prost_reflect::Kind::Bool => Value::Bool(value == "true"),
-                _ => Value::String(value.to_owned()),
-            };
-            if field.is_list() {
-                let mut items = match message.get_field(&field).as_ref() {
-                    Value::List(items) => items.clone(),
-                    _ => Vec::new(),
-                };
-                items.push(scalar);
-                message.set_field(&field, Value::List(items));
-            } else {
-                message.set_field(&field, scalar);
-            }
-        }
+        fields.push(field);
     }
+    let leaf = fields.last().expect("a field").kind();
+    let value = match leaf {
+        prost_reflect::Kind::Bytes => Value::Bytes(value.as_bytes().to_vec().into()),
+        prost_reflect::Kind::Enum(e) => Value::EnumNumber(
+            e.get_value_by_name(value)
+                .unwrap_or_else(|| panic!("{path}: no {value} in {}", e.full_name()))
+                .number(),
+        ),
+        prost_reflect::Kind::Int32 => Value::I32(value.parse().expect("an int32")),
+        prost_reflect::Kind::Bool => Value::Bool(value == "true"),
+        _ => Value::String(value.to_owned()),
+    };
+    set_field_path(message, &fields, value);
 }
 
 fn secrets(

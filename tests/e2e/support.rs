@@ -583,3 +583,45 @@ pub fn grpcurl() -> Option<PathBuf> {
         .map(|dir| dir.join("grpcurl"))
         .find(|candidate| candidate.exists())
 }
+
+/// Sets the field at `path` (outermost first) of a dynamic message to `value`: a repeated field
+/// gets that one element, and a message on the way is the one already there (the first, in a
+/// list) or a new one. What the contract-driven tests (isolation, hostile input) build requests
+/// with.
+pub fn set_field_path(
+    message: &mut prost_reflect::DynamicMessage,
+    path: &[prost_reflect::FieldDescriptor],
+    value: prost_reflect::Value,
+) {
+    use prost_reflect::{DynamicMessage, Value};
+    let Some((field, rest)) = path.split_first() else {
+        return;
+    };
+    let value = if rest.is_empty() {
+        value
+    } else {
+        let existing = match message.get_field(field).as_ref() {
+            Value::Message(m) => Some(m.clone()),
+            Value::List(items) => match items.first() {
+                Some(Value::Message(m)) => Some(m.clone()),
+                _ => None,
+            },
+            _ => None,
+        };
+        let mut child = existing.unwrap_or_else(|| {
+            let kind = field.kind();
+            let inner = kind
+                .as_message()
+                .unwrap_or_else(|| panic!("{} is not a message field", field.full_name()));
+            DynamicMessage::new(inner.clone())
+        });
+        set_field_path(&mut child, rest, value);
+        Value::Message(child)
+    };
+    let value = if field.is_list() {
+        Value::List(vec![value])
+    } else {
+        value
+    };
+    message.set_field(field, value);
+}

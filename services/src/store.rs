@@ -428,6 +428,26 @@ fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{encoded}?mode=rwc")
 }
 
+/// Takes the lock of `{table}`'s row (`tenant`, `id`) until `tx` ends, with an update that
+/// changes nothing, so that a read-modify-write in the transaction cannot interleave with another
+/// on PostgreSQL (SQLite's writers are one at a time anyway). Lock first, then read. The table
+/// is ours, never caller input.
+pub async fn row_lock(
+    tx: &mut WriteTx,
+    table: &'static str,
+    tenant: &str,
+    id: &str,
+) -> Result<(), Error> {
+    sqlx::query(&format!(
+        "UPDATE {table} SET etag = etag WHERE tenant = $1 AND id = $2"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Replaces the mirrored label rows of one resource (`{table}` keyed by tenant, `{owner_column}`,
 /// key) with `labels`, so `labels.<key>` filters can run in SQL. Table and column are ours, never
 /// caller input.

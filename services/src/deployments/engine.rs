@@ -1299,11 +1299,7 @@ impl Engine {
         };
         let mut tx = self.store.write_tx().await?;
         // Row lock first (see deployment_load_for_update), then read.
-        sqlx::query("UPDATE environments SET etag = etag WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        crate::store::row_lock(&mut tx, "environments", tenant, id).await?;
         let owner: Option<String> = sqlx::query_scalar(
             "SELECT lease_owner FROM environments WHERE tenant = $1 AND id = $2 AND op_type = $3",
         )

@@ -72,11 +72,7 @@ pub(crate) async fn deployment_load_for_update(
     tenant: &str,
     id: &str,
 ) -> Result<Option<DeploymentRow>, Error> {
-    sqlx::query("UPDATE deployments SET etag = etag WHERE tenant = $1 AND id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    crate::store::row_lock(tx, "deployments", tenant, id).await?;
     deployment_load(&mut **tx, tenant, id).await
 }
 

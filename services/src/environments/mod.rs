@@ -114,11 +114,7 @@ async fn environment_load_for_update(
     tenant: &str,
     id: &str,
 ) -> Result<Option<EnvironmentRow>, Error> {
-    sqlx::query("UPDATE environments SET etag = etag WHERE tenant = $1 AND id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    crate::store::row_lock(tx, "environments", tenant, id).await?;
     environment_load(&mut **tx, tenant, id).await
 }
 

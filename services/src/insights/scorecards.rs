@@ -114,11 +114,7 @@ async fn scorecard_load_for_update(
     name: &str,
     id: &str,
 ) -> Result<ScorecardRow, Error> {
-    sqlx::query("UPDATE scorecards SET etag = etag WHERE tenant = $1 AND id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    crate::store::row_lock(tx, "scorecards", tenant, id).await?;
     scorecard_load(&mut **tx, tenant, id)
         .await?
         .ok_or_else(|| Error::NotFound {

@@ -133,11 +133,7 @@ async fn secret_load_for_update(
     name: &str,
     id: &str,
 ) -> Result<SecretRow, Error> {
-    sqlx::query("UPDATE secrets SET etag = etag WHERE tenant = $1 AND id = $2")
-        .bind(tenant)
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
+    crate::store::row_lock(tx, "secrets", tenant, id).await?;
     secret_load(&mut **tx, tenant, id)
         .await?
         .ok_or_else(|| Error::NotFound {

@@ -68,30 +68,64 @@ impl PoolSettings {
 
 /// A transaction that may write; commit it or it rolls back when dropped. It dereferences to
 /// the connection, so queries run on `&mut **tx` (or `&mut *tx` when owned).
+///
+/// Dropped uncommitted (an error, or a call cancelled by its deadline), it rolls back in a task
+/// that keeps this process's write turn until the rollback is done, so the next writer never
+/// meets the half-finished transaction (its lock, or its connection still inside it).
 #[derive(Debug)]
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
-    /// On SQLite, this process's turn to write (see [`Store::write_tx`]); released on drop.
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+    tx: Option<Transaction<'static, Any>>,
+    /// On SQLite, this process's turn to write (see [`Store::write_tx`]); released when the
+    /// transaction has ended.
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl WriteTx {
     /// Commits the transaction.
-    pub async fn commit(self) -> Result<(), sqlx::Error> {
-        self.tx.commit().await
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match self.tx.take() {
+            Some(tx) => tx.commit().await,
+            None => Ok(()),
+        }
+    }
+
+    fn live(&self) -> &Transaction<'static, Any> {
+        self.tx
+            .as_ref()
+            .expect("a WriteTx holds its transaction until commit or drop")
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        let turn = self.turn.take();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = tx.rollback().await;
+                    drop(turn);
+                });
+            }
+            // No runtime (shutting down): sqlx rolls back on its own when the connection is
+            // next used or closed.
+            Err(_) => drop(tx),
+        }
     }
 }
 
 impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
-        &self.tx
+        self.live()
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.tx
+        self.tx
+            .as_mut()
+            .expect("a WriteTx holds its transaction until commit or drop")
     }
 }
 
@@ -257,7 +291,7 @@ impl Store {
             }
             Engine::Postgres => (self.pool.begin().await, None),
         };
-        tx.map(|tx| WriteTx { tx, _turn: turn })
+        tx.map(|tx| WriteTx { tx: Some(tx), turn })
             .map_err(|err| match err {
                 sqlx::Error::Database(db) if is_sqlite_busy(db.code().as_deref()) => {
                     Error::Unavailable {

@@ -207,7 +207,10 @@ async fn a_deadline_cancels_the_work_and_rolls_it_back() {
     // WAL checkpoint): UNAVAILABLE, which says retry; anything else fails the test.
     let mut attempt = 0;
     let imported = loop {
-        match catalog(&admin).import_entities(admin.req(request.clone())).await {
+        match catalog(&admin)
+            .import_entities(admin.req(request.clone()))
+            .await
+        {
             Ok(response) => break response.into_inner(),
             Err(status) if status.code() == Code::Unavailable && attempt < 5 => {
                 attempt += 1;

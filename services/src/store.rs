@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::{Any, AnyPool, Connection, Executor, Transaction};
 use tracing::instrument;
 
 use crate::config::{DatabaseUrl, redact_url};
@@ -192,6 +192,19 @@ impl Store {
             // connection the server dropped (a restart, an idle timeout) is replaced before a
             // request uses it.
             .test_before_acquire(engine == Engine::Postgres)
+            // A connection must never be lent out inside a transaction someone abandoned. sqlx
+            // rolls a dropped transaction back lazily, on the connection's worker, so a ping
+            // (queued behind that rollback) comes first; a connection still inside one is
+            // closed, which ends its transaction.
+            .after_release(|conn, _meta| {
+                Box::pin(async move {
+                    if !conn.is_in_transaction() {
+                        return Ok(true);
+                    }
+                    conn.ping().await?;
+                    Ok(!conn.is_in_transaction())
+                })
+            })
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if let (Engine::Postgres, Some(timeout)) = (engine, statement_timeout) {
@@ -283,7 +296,21 @@ impl Store {
     }
 
     /// Begins the one transaction of a mutating request (`BEGIN IMMEDIATE` on SQLite).
+    ///
+    /// The begin runs in a task of its own because sqlx's is not cancel-safe: a call cut by its
+    /// deadline between SQLite's acknowledgement of `BEGIN IMMEDIATE` and sqlx's check that
+    /// followed it left the connection inside a transaction no `Transaction` owned, holding the
+    /// write lock, and the next request to borrow it failed with "begin_with at non-zero
+    /// transaction depth" (INTERNAL). Now an abandoned begin completes in its task, and its
+    /// [`WriteTx`] is dropped there, which rolls it back in order.
     pub async fn write_tx(&self) -> Result<WriteTx, Error> {
+        let store = self.clone();
+        tokio::spawn(async move { store.write_tx_begin().await })
+            .await
+            .map_err(|err| Error::internal(format!("the task beginning a transaction: {err}")))?
+    }
+
+    async fn write_tx_begin(&self) -> Result<WriteTx, Error> {
         let (tx, turn) = match self.engine {
             Engine::Sqlite => {
                 let turn = self.write_turn.clone().lock_owned().await;

@@ -180,12 +180,24 @@ pub struct TestServer {
     task: Option<JoinHandle<Result<(), platformd::server::ServeError>>>,
 }
 
+/// Server log lines for in-process servers, when `PLATFORM_TEST_LOG` names a filter (e.g.
+/// `PLATFORM_TEST_LOG=platformd=debug`): an INTERNAL answer's cause is only in the log.
+fn init_test_log() {
+    if let Ok(filter) = std::env::var("PLATFORM_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl TestServer {
     pub async fn start(db: &TestDb) -> TestServer {
         Self::start_with(db.config()).await
     }
 
     pub async fn start_with(config: Config) -> TestServer {
+        init_test_log();
         let config_dir = config.data_dir.clone();
         let app = platformd::App::build(config).await.expect("server starts");
         let addr = app.local_addr();

@@ -187,6 +187,8 @@ struct GateInner {
     conflict_retries: u32,
     /// Per-principal rate limits, when configured.
     rate_limiter: Option<crate::ratelimit::RateLimiter>,
+    /// Set when the server shuts down: new calls are answered UNAVAILABLE.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Gate {
@@ -226,8 +228,17 @@ impl Gate {
                 paths: FieldPaths::resolve()?,
                 conflict_retries,
                 rate_limiter: rate_limit.map(crate::ratelimit::RateLimiter::new),
+                draining: Default::default(),
             }),
         })
+    }
+
+    /// From now on, new calls of the contract are answered UNAVAILABLE; calls already admitted
+    /// run to their end. (Health and reflection stay open, so probes see NOT_SERVING.)
+    pub fn start_draining(&self) {
+        self.inner
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn policy(&self) -> &Arc<PolicyEngine> {
@@ -253,6 +264,18 @@ impl Gate {
             }
             return Decision::Open(body);
         };
+        if self
+            .inner
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Decision::RejectedUnread(
+                Status::unavailable(
+                    "the server is shutting down; retry (another replica, or this one after its restart)",
+                ),
+                body,
+            );
+        }
         let header = parts
             .headers
             .get(http::header::AUTHORIZATION)

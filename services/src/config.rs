@@ -38,6 +38,11 @@ pub struct ServeArgs {
     /// Seconds in-flight calls get to finish after SIGINT/SIGTERM [default: 30].
     #[arg(long, env = "PLATFORM_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Milliseconds after SIGINT/SIGTERM during which the server still accepts connections but
+    /// answers new calls UNAVAILABLE (health NOT_SERVING), so load balancers and clients move
+    /// away before it closes its port [default: 1000].
+    #[arg(long, env = "PLATFORM_SHUTDOWN_DRAIN_MS")]
+    pub shutdown_drain_ms: Option<u64>,
     /// Largest accepted request message in bytes [default: 4194304 (4 MiB)].
     #[arg(long, env = "PLATFORM_MAX_MESSAGE_BYTES")]
     pub max_message_bytes: Option<usize>,
@@ -122,6 +127,7 @@ struct FileConfig {
     log_format: Option<String>,
     log_level: Option<String>,
     shutdown_grace_secs: Option<u64>,
+    shutdown_drain_ms: Option<u64>,
     max_message_bytes: Option<usize>,
     max_concurrent_requests: Option<usize>,
     rate_limit_per_principal: Option<u32>,
@@ -162,6 +168,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_grace: Duration,
+    pub shutdown_drain: Duration,
     pub max_message_bytes: usize,
     pub max_concurrent_requests: usize,
     /// The per-principal rate limit; `None` when off.
@@ -525,6 +532,11 @@ impl ServeArgs {
                 self.shutdown_grace_secs
                     .or(file.shutdown_grace_secs)
                     .unwrap_or(30),
+            ),
+            shutdown_drain: Duration::from_millis(
+                self.shutdown_drain_ms
+                    .or(file.shutdown_drain_ms)
+                    .unwrap_or(1000),
             ),
             max_message_bytes,
             max_concurrent_requests,

@@ -82,6 +82,8 @@ pub struct App {
     authenticator: Arc<Authenticator>,
     gate: Gate,
     keyring: Arc<crate::secrets::Keyring>,
+    /// The deployment engine, handed back at shutdown.
+    engine: Arc<crate::deployments::engine::Engine>,
 }
 
 /// Where the first start writes the platform-admin credential.
@@ -197,7 +199,7 @@ impl App {
             store.clone(),
             audit.clone(),
             gate.clone(),
-            engine,
+            engine.clone(),
             work.clone(),
             Some(watch_access.clone()),
         );
@@ -258,6 +260,7 @@ impl App {
             authenticator,
             gate,
             keyring,
+            engine,
         })
     }
 
@@ -294,6 +297,7 @@ impl App {
             authenticator,
             gate,
             keyring,
+            engine,
         } = self;
         tokio::spawn(reload_on_sighup(authenticator, keyring));
         let layers = tower::ServiceBuilder::new()
@@ -303,7 +307,7 @@ impl App {
             .load_shed()
             .concurrency_limit(config.max_concurrent_requests)
             .layer(MessageSizeLimitLayer::new(config.max_message_bytes))
-            .layer(gate)
+            .layer(gate.clone())
             .into_inner();
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -325,16 +329,35 @@ impl App {
         let result = tokio::select! {
             result = &mut server => result,
             () = shutdown => {
-                info!(grace = ?config.shutdown_grace, "shutting down: no new calls; waiting for in-flight calls");
+                info!(drain = ?config.shutdown_drain, grace = ?config.shutdown_grace, "shutting down: new calls refused; waiting for in-flight calls");
                 set_serving(&health, ServingStatus::NotServing).await;
-                let _ = stop_tx.send(());
-                match tokio::time::timeout(config.shutdown_grace, &mut server).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        warn!("grace period over; calls still running are cut off");
-                        Ok(())
+                gate.start_draining();
+                // Running deployments are handed back while the calls drain (both need the
+                // database, which closes after them).
+                let drained = async {
+                    // Lame duck first: connections stay open and new calls get UNAVAILABLE, a
+                    // clear answer, instead of a connection closed under a request in flight
+                    // on the wire. Then the port closes and open connections get GOAWAY.
+                    tokio::select! {
+                        result = &mut server => return result,
+                        () = tokio::time::sleep(config.shutdown_drain) => {}
                     }
-                }
+                    let _ = stop_tx.send(());
+                    match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                        Ok(result) => result,
+                        Err(_) => {
+                            warn!("grace period over; calls still running are cut off");
+                            Ok(())
+                        }
+                    }
+                };
+                let handed_back = async {
+                    if tokio::time::timeout(config.shutdown_grace, engine.hand_back()).await.is_err() {
+                        warn!("grace period over; deployment steps still running are left to their leases");
+                    }
+                };
+                let (result, ()) = tokio::join!(drained, handed_back);
+                result
             }
         };
         store.close().await;

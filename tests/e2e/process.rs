@@ -42,7 +42,23 @@ async fn sigterm_lets_an_in_flight_call_finish_then_exits_zero() {
     requests.send(list()).await.expect("send after SIGTERM");
     let answer = inbound.message().await.expect("answer after SIGTERM");
     assert!(answer.is_some(), "the in-flight call was cut off");
-    // ...while new connections are no longer accepted.
+    // ...while new calls are answered UNAVAILABLE during the drain (1 s by default)...
+    let fresh = server.client().await;
+    let health = tonic_health::pb::health_client::HealthClient::new(fresh.channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health stays open for probes")
+        .into_inner();
+    assert_eq!(health.status(), ServingStatus::NotServing);
+    let refused = fresh
+        .iam()
+        .get_caller(fresh.req(platform_api::platform::iam::v1::GetCallerRequest::default()))
+        .await
+        .expect_err("no new calls after SIGTERM");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("shutting down"), "{refused:?}");
+    // ...and after it new connections are no longer accepted.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let refused = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
         .expect("endpoint")
         .connect_timeout(Duration::from_secs(2))
@@ -50,7 +66,7 @@ async fn sigterm_lets_an_in_flight_call_finish_then_exits_zero() {
         .await;
     assert!(
         refused.is_err(),
-        "a new connection was accepted during shutdown"
+        "a new connection was accepted after the drain"
     );
     // The call completes normally, and only then does the process exit, with code 0.
     drop(requests);

@@ -109,6 +109,8 @@ impl TestDb {
         let mut config = Config::for_data_dir(self.data_dir.path());
         config.database = self.database.clone();
         config.shutdown_grace = Duration::from_secs(5);
+        // In-process servers stop at the end of each test; nobody needs a lame-duck period.
+        config.shutdown_drain = Duration::ZERO;
         config
     }
 

@@ -72,6 +72,10 @@ pub struct Engine {
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// Opens the secrets injected into steps.
     keyring: Arc<Keyring>,
+    /// Turns true when the server shuts down: workers stop claiming and hand back what they run.
+    stopping: watch::Sender<bool>,
+    /// The workers [`Engine::start`] spawned, awaited by [`Engine::hand_back`].
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -403,6 +407,8 @@ impl Engine {
             ),
             running: Mutex::new(HashMap::new()),
             keyring,
+            stopping: watch::channel(false).0,
+            workers: Mutex::new(Vec::new()),
         }
     }
 
@@ -437,11 +443,24 @@ impl Engine {
         Ok(inject::inputs_open(&self.store, &self.keyring, tenant, &inputs).await)
     }
 
-    /// Starts the configured number of workers; they run for the life of the process.
+    /// Starts the configured number of workers; they run until [`Engine::hand_back`].
     pub fn start(self: &Arc<Self>) {
+        let mut workers = self.workers.lock();
         for n in 0..self.config.workers {
             let engine = self.clone();
-            tokio::spawn(async move { engine.worker(n).await });
+            workers.push(tokio::spawn(async move { engine.worker(n).await }));
+        }
+    }
+
+    /// For a shutdown: the workers stop claiming work, stop the steps they run (the driver's
+    /// cancellation: SIGTERM to the process group, a grace period, SIGKILL) and release their
+    /// leases, so another replica — or this server after its restart — runs them again at once
+    /// instead of after the lease has run out. Resolves when every worker has stopped.
+    pub async fn hand_back(&self) {
+        self.stopping.send_replace(true);
+        let workers = std::mem::take(&mut *self.workers.lock());
+        for worker in workers {
+            let _ = worker.await;
         }
     }
 
@@ -499,7 +518,11 @@ impl Engine {
 
     async fn worker(&self, n: usize) {
         let worker = format!("{}/worker-{n}", self.instance);
+        let mut stopping = self.stopping.subscribe();
         loop {
+            if *stopping.borrow_and_update() {
+                return;
+            }
             let woken = self.work.notified();
             match self.claim(&worker).await {
                 Ok(Some(claimed)) => {
@@ -531,7 +554,10 @@ impl Engine {
                 Err(_) if self.store.pool().is_closed() => return, // shutting down
                 Err(err) => tracing::warn!(error = %err, "could not look for deployment work"),
             }
-            let _ = tokio::time::timeout(self.config.poll, woken).await;
+            tokio::select! {
+                _ = tokio::time::timeout(self.config.poll, woken) => {}
+                _ = stopping.changed() => {}
+            }
         }
     }
 
@@ -711,7 +737,13 @@ impl Engine {
             return Ok(false);
         };
         let mut notes = Vec::new();
-        if seen_state == RUNNING {
+        let handed_back = d.body.attempts.last().is_some_and(|a| a.handed_back);
+        if seen_state == RUNNING && handed_back {
+            notes.push(format!(
+                "taking over after attempt {} was handed back",
+                d.body.attempt_count
+            ));
+        } else if seen_state == RUNNING {
             // Taking over from a worker that stopped renewing its lease: first stop what it
             // left running on this host, so the step never runs twice at once.
             self.leftover_stop(
@@ -752,6 +784,7 @@ impl Engine {
             end_time: None,
             interrupted: false,
             worker: worker.to_owned(),
+            handed_back: false,
         });
         // The snapshot is captured once, when the first attempt starts (rollbacks bring theirs).
         if d.body.snapshot.is_none() {
@@ -1043,6 +1076,8 @@ impl Engine {
         let mut flush = tokio::time::interval(LOG_FLUSH);
         let mut pending: Vec<(i64, String, bool)> = Vec::new();
         let mut lost = false;
+        let mut stopping = self.stopping.subscribe();
+        let mut handing_back = false;
         let cancel_column = if table == "deployments" {
             "cancel_requested"
         } else {
@@ -1051,6 +1086,12 @@ impl Engine {
         let outcome = loop {
             tokio::select! {
                 outcome = &mut step => break outcome,
+                true = async { stopping.wait_for(|stop| *stop).await.is_ok() }, if !handing_back => {
+                    handing_back = true;
+                    let text = "platformd is shutting down: stopping this attempt to hand it back";
+                    pending.push((stream_number(LogStream::System), text.to_owned(), false));
+                    let _ = cancel_tx.send(true);
+                }
                 line = log_rx.recv() => {
                     if let Some(line) = line {
                         pending.push((stream_number(line.stream), line.text, line.truncated));
@@ -1110,7 +1151,66 @@ impl Engine {
             pending.push((stream_number(line.stream), line.text, line.truncated));
         }
         self.log_flush(&target, &mut pending).await?;
+        if handing_back && !lost {
+            self.step_hand_back(worker, table, &target).await?;
+            return Ok(None);
+        }
         Ok((!lost).then_some(outcome))
+    }
+
+    /// Releases the lease of a step stopped for a shutdown, if this worker still holds it. A
+    /// deployment's attempt is recorded as handed back (not interrupted: the next worker does
+    /// not count it toward giving up); an environment step is taken over like an interrupted
+    /// one.
+    async fn step_hand_back(
+        &self,
+        worker: &str,
+        table: &'static str,
+        target: &LogTarget,
+    ) -> Result<(), Error> {
+        let (tenant, id) = (target.tenant.as_str(), target.id.as_str());
+        let mut tx = self.store.write_tx().await?;
+        if table == "deployments" {
+            let Some(mut d) = deployment_load_for_update(&mut tx, tenant, id).await? else {
+                return Ok(());
+            };
+            if d.lease_owner != worker || i64::from(d.body.state) != RUNNING {
+                return Ok(());
+            }
+            if let Some(last) = d.body.attempts.last_mut() {
+                last.end_time = Some(timestamp(now_micros()));
+                last.handed_back = true;
+            }
+            deployment_save(&mut tx, &mut d, Some(("", 0))).await?;
+        } else {
+            let released = sqlx::query(
+                "UPDATE environments SET lease_expires_us = 0 WHERE tenant = $1 AND id = $2 AND lease_owner = $3",
+            )
+            .bind(tenant)
+            .bind(id)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if released == 0 {
+                return Ok(());
+            }
+        }
+        sqlx::query(&format!(
+            "UPDATE {table} SET run_pid = 0 WHERE tenant = $1 AND id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let text = format!(
+            "attempt {} handed back (its server shut down); the next worker runs it again",
+            target.attempt
+        );
+        system_note(&mut tx, target, text).await?;
+        tx.commit().await?;
+        self.audit.notify_committed();
+        Ok(())
     }
 
     async fn log_flush(

@@ -4,6 +4,7 @@
 //! metadata, so a user's bug report and the server's log lines can be matched.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -127,6 +128,16 @@ where
                         }
                         Ok(response)
                     }
+                    Err(err) if is_shed(&err) => {
+                        // Shed calls are answered RESOURCE_EXHAUSTED by tonic. A log line each
+                        // would add work exactly when there is too much: one a second at most.
+                        tracing::debug!(
+                            elapsed_us,
+                            "call shed: the server is at its concurrency limit"
+                        );
+                        shed_warning();
+                        Err(err)
+                    }
                     Err(err) => {
                         tracing::warn!(error = %err, elapsed_us, "call failed in transport");
                         Err(err)
@@ -138,9 +149,49 @@ where
     }
 }
 
+/// Was the call refused by the load-shedding layer? (The stack's errors are `BoxError`s.)
+fn is_shed<E: 'static>(err: &E) -> bool {
+    (err as &dyn std::any::Any)
+        .downcast_ref::<tower::BoxError>()
+        .is_some_and(|e| e.is::<tower::load_shed::error::Overloaded>())
+}
+
+/// Calls shed since the last warning, and the second (since the Unix epoch) of that warning.
+static SHED_CALLS: AtomicU64 = AtomicU64::new(0);
+static SHED_WARNED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// Counts a shed call and warns about the count at most once a second.
+fn shed_warning() {
+    SHED_CALLS.fetch_add(1, Ordering::Relaxed);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = SHED_WARNED_AT.load(Ordering::Relaxed);
+    if now > last
+        && SHED_WARNED_AT
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let shed = SHED_CALLS.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            shed,
+            "shedding load: calls refused with RESOURCE_EXHAUSTED at the concurrency limit since the last warning"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_load_shedder_refusals_count_as_shed() {
+        let shed: tower::BoxError = Box::new(tower::load_shed::error::Overloaded::new());
+        assert!(is_shed(&shed));
+        let other: tower::BoxError = "connection reset".into();
+        assert!(!is_shed(&other));
+        assert!(!is_shed(&std::io::Error::other("not boxed")));
+    }
 
     #[test]
     fn caller_ids_are_kept_only_when_sane() {

@@ -9,6 +9,7 @@
 //! bare gRPC. It also measures the server's resident memory (idle, per scenario, peak) and its time
 //! from spawn to SERVING on the seeded database.
 
+mod overload;
 mod report;
 mod scenario;
 mod seed;
@@ -99,6 +100,16 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     duration_secs: f64,
 
+    /// After the scenarios, offer this many times the measured throughput of
+    /// `--overload-scenario` open-loop for `--duration-secs` (0: no overload phase). Give the
+    /// server a concurrency limit to shed at, e.g. `--platformd-arg=--max-concurrent-requests=64`.
+    #[arg(long, default_value_t = 0.0)]
+    overload_factor: f64,
+
+    /// The scenario the overload phase offers.
+    #[arg(long, value_enum, default_value = "get-entity")]
+    overload_scenario: Scenario,
+
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -114,6 +125,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.callers == 0 || args.connections == 0 {
         bail!("--callers and --connections must be at least 1");
+    }
+    if !(args.overload_factor >= 0.0 && args.overload_factor.is_finite()) {
+        bail!("--overload-factor must be a number ≥ 0");
     }
     if !(args.duration_secs > 0.0 && args.warmup_secs >= 0.0) {
         bail!("--duration-secs must be positive and --warmup-secs not negative");
@@ -143,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         for scenario in &scenarios {
             run.push(scenario::drive(*scenario, &channels, &fixture, load, args.server_pid).await);
         }
+        overload_phase(&mut run, &channels, &fixture, &args, load, args.server_pid).await;
         report.runs.push(run);
     } else {
         let binary = match &args.platformd {
@@ -230,6 +245,15 @@ async fn run_engine(
         eprintln!("  {}", report::summary_line(&measured));
         run.push(measured);
     }
+    overload_phase(
+        &mut run,
+        &channels,
+        &fixture,
+        args,
+        load,
+        Some(server.pid()),
+    )
+    .await;
     run.peak_rss = server::memory(server.pid()).map(|m| m.peak);
     // The engine is still running what the create scenarios queued; let it finish, so the
     // restart below measures an idle server (and say how long the backlog took).
@@ -243,6 +267,38 @@ async fn run_engine(
     run.idle_rss_seeded = server::memory(server.pid()).map(|m| m.rss);
     server.stop().await?;
     Ok(run)
+}
+
+/// The overload phase, when `--overload-factor` asks for it: its capacity is the closed-loop
+/// throughput of the scenario measured in this run (measured now if it was not run).
+async fn overload_phase(
+    run: &mut EngineRun,
+    channels: &[Channel],
+    fixture: &Arc<seed::Fixture>,
+    args: &Args,
+    load: Load,
+    server_pid: Option<u32>,
+) {
+    if args.overload_factor <= 0.0 {
+        return;
+    }
+    let scenario = args.overload_scenario;
+    if run.scenario(scenario).is_none() {
+        run.push(scenario::drive(scenario, channels, fixture, load, server_pid).await);
+    }
+    let capacity = run.scenario(scenario).map_or(0.0, |m| m.per_second);
+    let overloaded = overload::run(
+        scenario,
+        capacity,
+        args.overload_factor,
+        channels,
+        fixture,
+        load,
+        server_pid,
+    )
+    .await;
+    eprintln!("  {}", report::overload_line(&overloaded));
+    run.overload = Some(overloaded);
 }
 
 /// Waits (at most [`DRAIN_LIMIT`]) until no deployment of the fixture's tenant is queued or

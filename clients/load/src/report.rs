@@ -30,6 +30,8 @@ pub struct EngineRun {
     /// Seconds the engine took, after the last scenario, to finish the deployments the
     /// scenarios queued (`None`: not measured, or still not finished at the limit).
     pub backlog_drain_secs: Option<f64>,
+    /// The overload phase, when it ran.
+    pub overload: Option<crate::overload::Overloaded>,
 }
 
 impl EngineRun {
@@ -43,6 +45,7 @@ impl EngineRun {
             idle_rss_seeded: None,
             peak_rss: None,
             backlog_drain_secs: None,
+            overload: None,
         }
     }
 
@@ -50,7 +53,7 @@ impl EngineRun {
         self.scenarios.push(measured);
     }
 
-    fn scenario(&self, scenario: Scenario) -> Option<&Measured> {
+    pub fn scenario(&self, scenario: Scenario) -> Option<&Measured> {
         self.scenarios.iter().find(|m| m.scenario == scenario)
     }
 
@@ -163,6 +166,37 @@ impl Report {
                 mib(run.idle_rss_seeded),
                 mib(run.peak_rss),
             );
+            if let Some(o) = &run.overload {
+                let _ = writeln!(
+                    out,
+                    "Overload: {} offered open-loop at {:.0}/s ({}× the {:.0}/s measured above) for {:.0} s. \
+                     Admitted {} (p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms); refused with RESOURCE_EXHAUSTED {} \
+                     (p50 {:.2} ms, p99 {:.2} ms); other errors: {}; not sent by the generator: {}. \
+                     Server RSS {} MiB before, {} MiB peak. After the load stopped, the first call was served in {} ms \
+                     and the next second ran {:.0}/s, p99 {:.2} ms, errors {}.\n",
+                    o.scenario.name(),
+                    o.offered_per_second,
+                    o.factor,
+                    o.capacity_per_second,
+                    o.seconds,
+                    o.admitted,
+                    o.admitted_p50_ms,
+                    o.admitted_p99_ms,
+                    o.admitted_max_ms,
+                    o.refused,
+                    o.refused_p50_ms,
+                    o.refused_p99_ms,
+                    error_counts(&o.errors),
+                    o.not_sent,
+                    mib(o.rss_before_bytes),
+                    mib(o.peak_rss_bytes),
+                    o.first_ok_after_ms
+                        .map_or("–".into(), |v| format!("{v:.1}")),
+                    o.recovery.per_second,
+                    o.recovery.p99_ms,
+                    errors(&o.recovery),
+                );
+            }
         }
         if !self.runs.is_empty() {
             out.push_str(&self.targets());
@@ -263,11 +297,29 @@ pub fn summary_line(m: &Measured) -> String {
     )
 }
 
+/// One line for the overload phase's progress output.
+pub fn overload_line(o: &crate::overload::Overloaded) -> String {
+    format!(
+        "overload ×{} {:>9.0}/s offered: admitted {} (p99 {:.2} ms), refused {} (p99 {:.2} ms), other {}",
+        o.factor,
+        o.offered_per_second,
+        o.admitted,
+        o.admitted_p99_ms,
+        o.refused,
+        o.refused_p99_ms,
+        error_counts(&o.errors)
+    )
+}
+
 fn errors(m: &Measured) -> String {
-    if m.errors.is_empty() {
+    error_counts(&m.errors)
+}
+
+fn error_counts(errors: &std::collections::BTreeMap<String, u64>) -> String {
+    if errors.is_empty() {
         return "0".into();
     }
-    m.errors
+    errors
         .iter()
         .map(|(code, n)| format!("{code} {n}"))
         .collect::<Vec<_>>()

@@ -85,7 +85,7 @@ pub struct Measured {
 }
 
 /// One caller's typed clients on its connection.
-struct Clients {
+pub(crate) struct Clients {
     health: HealthClient<Channel>,
     catalog: cat::catalog_service_client::CatalogServiceClient<Channel>,
     iam: iam::iam_service_client::IamServiceClient<Channel>,
@@ -94,7 +94,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn new(channel: Channel) -> Clients {
+    pub(crate) fn new(channel: Channel) -> Clients {
         Clients {
             health: HealthClient::new(channel.clone()),
             catalog: cat::catalog_service_client::CatalogServiceClient::new(channel.clone()),
@@ -108,7 +108,7 @@ impl Clients {
 }
 
 /// A small deterministic generator per caller (the runs are reproducible, no extra dependency).
-struct Lcg(u64);
+pub(crate) struct Lcg(pub(crate) u64);
 
 impl Lcg {
     fn below(&mut self, bound: usize) -> usize {
@@ -153,7 +153,7 @@ fn pick(scenario: Scenario, rng: &mut Lcg) -> Op {
     }
 }
 
-async fn call(
+pub(crate) async fn call(
     scenario: Scenario,
     clients: &mut Clients,
     fixture: &Fixture,

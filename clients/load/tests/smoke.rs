@@ -38,6 +38,12 @@ fn every_scenario_runs_without_errors_and_is_reported() {
         .arg(&platformd)
         .args(["--entities", "120", "--callers", "4", "--connections", "2"])
         .args(["--warmup-secs", "0.2", "--duration-secs", "0.6"])
+        .args([
+            "--overload-factor",
+            "3",
+            "--overload-scenario",
+            "list-entities",
+        ])
         .arg("--json")
         .arg(&json)
         .arg("--markdown")
@@ -99,6 +105,35 @@ fn every_scenario_runs_without_errors_and_is_reported() {
                 "{engine} {name}: server memory not sampled"
             );
         }
+        // The overload phase ran at three times the measured list rate and reported. (Whether
+        // anything is shed depends on the machine; with the default limit of 1024 usually not.)
+        let overload = &run["overload"];
+        let capacity = overload["capacity_per_second"].as_f64().expect("capacity");
+        let offered = overload["offered_per_second"].as_f64().expect("offered");
+        assert!(
+            capacity > 0.0 && (offered - 3.0 * capacity).abs() < 1.0,
+            "{overload}"
+        );
+        let answered = overload["admitted"].as_u64().expect("admitted")
+            + overload["refused"].as_u64().expect("refused");
+        assert!(
+            answered > 0,
+            "{engine}: the overload phase made no call: {overload}"
+        );
+        assert_eq!(
+            overload["errors"],
+            serde_json::json!({}),
+            "{engine}: {overload}"
+        );
+        assert!(
+            overload["first_ok_after_ms"].as_f64().is_some(),
+            "{overload}"
+        );
+        assert!(
+            overload["recovery"]["calls"].as_u64().expect("calls") > 0,
+            "{overload}"
+        );
+        assert!(overload["peak_rss_bytes"].as_u64().expect("rss") > 1_000_000);
         for field in ["start_empty_ms", "start_seeded_ms", "backlog_drain_secs"] {
             assert!(run[field].as_f64().expect(field) >= 0.0, "{engine} {field}");
         }
@@ -118,6 +153,7 @@ fn every_scenario_runs_without_errors_and_is_reported() {
     );
     assert!(!written.contains("\nold\n"));
     assert!(written.contains("| get-entity |") && written.contains("### Targets"));
+    assert!(written.contains("Overload: list-entities offered open-loop"));
     if let Some(url) = &postgres {
         // The database URL is redacted in the recorded command.
         assert!(!written.contains(url.as_str()), "the PostgreSQL URL leaked");

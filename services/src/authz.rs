@@ -189,7 +189,23 @@ struct GateInner {
     rate_limiter: Option<crate::ratelimit::RateLimiter>,
     /// Set when the server shuts down: new calls are answered UNAVAILABLE.
     draining: std::sync::atomic::AtomicBool,
+    /// Audit records of calls without valid credentials, per peer address.
+    anonymous_audit: crate::ratelimit::RateLimiter,
 }
+
+/// The actor of audit records for calls without valid credentials.
+pub const ANONYMOUS_PRINCIPAL: &str = "anonymous";
+
+/// Records of refused calls without valid credentials per peer address: a steady rate and a
+/// burst (a client misconfigured for a while is recorded whole; a flood is counted, not stored).
+pub const ANONYMOUS_AUDIT_BUDGET: crate::ratelimit::RateLimit = crate::ratelimit::RateLimit {
+    per_second: 20.0,
+    burst: 500.0,
+};
+
+/// Anonymous calls over their peer's budget, warned about once a second.
+static ANONYMOUS_UNAUDITED: crate::telemetry::CountedWarning =
+    crate::telemetry::CountedWarning::new();
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -229,6 +245,7 @@ impl Gate {
                 conflict_retries,
                 rate_limiter: rate_limit.map(crate::ratelimit::RateLimiter::new),
                 draining: Default::default(),
+                anonymous_audit: crate::ratelimit::RateLimiter::new(ANONYMOUS_AUDIT_BUDGET),
             }),
         })
     }
@@ -282,6 +299,7 @@ impl Gate {
             .map(|v| v.to_str().unwrap_or("\u{0}"));
         let token = match header {
             None => {
+                self.audit_anonymous(parts, entry.permission).await;
                 return Decision::RejectedUnread(
                     Error::Unauthenticated {
                         message: "no bearer token: send `authorization: Bearer <token>`".into(),
@@ -292,7 +310,10 @@ impl Gate {
             }
             Some(value) => match crate::auth::parse_authorization_header(value) {
                 Ok(token) => token,
-                Err(err) => return Decision::RejectedUnread(Error::from(err).into(), body),
+                Err(err) => {
+                    self.audit_anonymous(parts, entry.permission).await;
+                    return Decision::RejectedUnread(Error::from(err).into(), body);
+                }
             },
         };
         let verified = match self.inner.authenticator.verify(token) {
@@ -300,6 +321,8 @@ impl Gate {
             Err(err) => {
                 if err == crate::auth::AuthError::Revoked {
                     self.audit_revoked_use(parts, entry.permission, token).await;
+                } else {
+                    self.audit_anonymous(parts, entry.permission).await;
                 }
                 return Decision::RejectedUnread(Error::from(err).into(), body);
             }
@@ -477,6 +500,39 @@ impl Gate {
             permission,
             resource: String::new(),
             tenant,
+            request_id,
+            peer,
+            user_agent,
+        };
+        self.audit_refusal(&ctx, tonic::Code::Unauthenticated).await;
+    }
+
+    /// Records a call refused for missing or invalid credentials in the platform chain, as
+    /// `anonymous` (the body is not read, so no resource is named). Anyone can send such calls,
+    /// so each peer address gets a budget of records ([`ANONYMOUS_AUDIT_BUDGET`]); calls beyond
+    /// it are counted in a warning once a second instead of growing the chain without bound.
+    async fn audit_anonymous(&self, parts: &http::request::Parts, permission: &'static str) {
+        let (request_id, peer, user_agent) = call_facts(parts);
+        let address = peer.rsplit_once(':').map_or(peer.as_str(), |(ip, _)| ip);
+        if self.inner.anonymous_audit.check(address).is_err() {
+            if let Some(unaudited) = ANONYMOUS_UNAUDITED.add() {
+                tracing::warn!(
+                    unaudited,
+                    "calls without valid credentials over a peer's audit budget were refused without an audit record"
+                );
+            }
+            return;
+        }
+        let ctx = CallContext {
+            principal: ANONYMOUS_PRINCIPAL.to_owned(),
+            token_id: String::new(),
+            token_issuer: String::new(),
+            token_expire_us: 0,
+            token_grants: Vec::new(),
+            method: parts.uri.path().to_owned(),
+            permission,
+            resource: String::new(),
+            tenant: None,
             request_id,
             peer,
             user_agent,

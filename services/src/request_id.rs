@@ -4,7 +4,6 @@
 //! metadata, so a user's bug report and the server's log lines can be matched.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -156,23 +155,11 @@ fn is_shed<E: 'static>(err: &E) -> bool {
         .is_some_and(|e| e.is::<tower::load_shed::error::Overloaded>())
 }
 
-/// Calls shed since the last warning, and the second (since the Unix epoch) of that warning.
-static SHED_CALLS: AtomicU64 = AtomicU64::new(0);
-static SHED_WARNED_AT: AtomicU64 = AtomicU64::new(0);
+/// Shed calls, warned about once a second.
+static SHED: crate::telemetry::CountedWarning = crate::telemetry::CountedWarning::new();
 
-/// Counts a shed call and warns about the count at most once a second.
 fn shed_warning() {
-    SHED_CALLS.fetch_add(1, Ordering::Relaxed);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let last = SHED_WARNED_AT.load(Ordering::Relaxed);
-    if now > last
-        && SHED_WARNED_AT
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-    {
-        let shed = SHED_CALLS.swap(0, Ordering::Relaxed);
+    if let Some(shed) = SHED.add() {
         tracing::warn!(
             shed,
             "shedding load: calls refused with RESOURCE_EXHAUSTED at the concurrency limit since the last warning"

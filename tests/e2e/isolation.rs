@@ -10,9 +10,10 @@
 //!
 //! Every cell writes nothing (the data tables are byte-for-byte the same afterwards), leaks
 //! nothing (no response or error holds B's canary strings), and each refusal of a known
-//! principal is in the audit trail — the use of a revoked token included; only calls without
-//! any token leave no record. A method added to the contract without a request builder below fails
-//! the test.
+//! is in the audit trail: the use of a revoked token in the service account's tenant, calls
+//! without a token in the platform chain as `anonymous` (within a per-peer budget, so a flood of
+//! anonymous calls cannot grow the chain without bound). A method added to the contract without
+//! a request builder below fails the test.
 
 use std::collections::BTreeMap;
 
@@ -639,7 +640,11 @@ storage_test!(
                     Who::BScoped,
                 ] {
                     let (client, expected, actor) = match who {
-                        Who::Nobody => (&fixture.nobody, Code::Unauthenticated, None),
+                        Who::Nobody => (
+                            &fixture.nobody,
+                            Code::Unauthenticated,
+                            Some(platformd::authz::ANONYMOUS_PRINCIPAL),
+                        ),
                         Who::Revoked => (
                             &fixture.revoked,
                             Code::Unauthenticated,
@@ -731,8 +736,8 @@ storage_test!(
             before,
             "a denied call changed data"
         );
-        // Every denial of a known principal is in an audit chain (B's, or the platform's for
-        // platform-scope methods).
+        // Every denial is in an audit chain (B's, or the platform's for platform-scope methods
+        // and for calls without a token).
         for (actor, expected) in &expected_denials {
             let recorded: i64 = sqlx::query_scalar(
                 "SELECT COUNT(*) FROM audit_events WHERE actor = $1 AND outcome = $2",

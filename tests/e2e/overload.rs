@@ -2,10 +2,12 @@
 //! is served, and is served again once its bucket refills; more concurrent calls than the server
 //! admits are shed at once with RESOURCE_EXHAUSTED, the admitted ones succeed, and the server
 //! serves normally as soon as the burst is over; a client's deadline cancels the work and rolls
-//! it back. Figures (how many were refused, how long the
+//! it back; calls without a token are audited within a per-peer budget. Figures (how many were refused, how long the
 //! refusals and the admitted calls took) are printed, not asserted: this machine is shared.
 
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use platform_api::platform::catalog::v1 as cat;
 use platform_api::platform::iam::v1 as iam;
@@ -223,5 +225,53 @@ async fn a_deadline_cancels_the_work_and_rolls_it_back() {
     };
     assert_eq!(imported.created_count, 5000);
     assert_eq!(count().await, 5000);
+    server.stop().await;
+}
+
+/// Calls without a token are audited (as `anonymous`, in the platform chain) only within a
+/// per-peer budget: a flood of them is refused like any other but cannot grow the chain without
+/// bound, and the chain still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_calls_are_audited_within_a_budget() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let server = TestServer::start(&db).await;
+    let admin = server.admin().await;
+    let nobody = TestClient::connect(server.addr).await;
+    let flood = 2000;
+    let calls = futures::stream::iter(0..flood)
+        .map(|_| {
+            let nobody = &nobody;
+            async move { caller(nobody).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.as_ref().is_err_and(|s| s.code() == Code::Unauthenticated)),
+        "every call without a token is refused"
+    );
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE actor = $1 AND chain = ''")
+            .bind(platformd::authz::ANONYMOUS_PRINCIPAL)
+            .fetch_one(server.store.pool())
+            .await
+            .expect("count");
+    let burst = platformd::authz::ANONYMOUS_AUDIT_BUDGET.burst as i64;
+    assert!(
+        recorded >= burst && recorded < flood,
+        "{recorded} of {flood} anonymous calls recorded (burst {burst})"
+    );
+    let verified = admin
+        .audit()
+        .verify_audit_chain(
+            admin.req(platform_api::platform::audit::v1::VerifyAuditChainRequest::default()),
+        )
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verified.ok, "{verified:?}");
+    println!("anonymous flood: {recorded} of {flood} calls recorded");
     server.stop().await;
 }

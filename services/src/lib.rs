@@ -27,6 +27,7 @@ pub mod insights;
 pub mod limits;
 pub mod names;
 pub mod pagination;
+pub mod portal;
 pub mod ratelimit;
 pub mod request_id;
 pub mod secrets;

@@ -303,6 +303,8 @@ impl App {
         let layers = tower::ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(cors_layer(&config.cors_allowed_origins))
+            // Before gRPC-Web, which refuses any other HTTP/1.1 request.
+            .layer(crate::portal::PortalLayer)
             .layer(tonic_web::GrpcWebLayer::new())
             .load_shed()
             .concurrency_limit(config.max_concurrent_requests)

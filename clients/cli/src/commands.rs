@@ -23,6 +23,9 @@ pub enum Command {
     },
     /// Who the token belongs to.
     Whoami,
+    /// Print the web portal's address with your token (and tenant) in its fragment, which the
+    /// browser keeps to itself: open it to be signed in. Treat it like the token.
+    Portal,
     /// Tenants.
     #[command(subcommand)]
     Tenants(Tenants),
@@ -297,6 +300,19 @@ fn child(tenant: &str, collection: &str, name: &str) -> String {
     }
 }
 
+/// The portal's address on `addr` (the API's own port), signed in through the fragment.
+fn portal_url(addr: &str, token: &str, tenant: Option<&str>) -> String {
+    let base = if addr.starts_with("http://") || addr.starts_with("https://") {
+        addr.trim_end_matches('/').to_owned()
+    } else {
+        format!("http://{}", addr.trim_end_matches('/'))
+    };
+    let tenant = tenant
+        .map(|t| format!("&tenant={}", t.trim_start_matches("tenants/")))
+        .unwrap_or_default();
+    format!("{base}/#token={token}{tenant}")
+}
+
 /// An entity reference as a resource name (`payments` → `…/entities/component/default/payments`).
 fn entity_name(tenant: &str, reference: &str) -> String {
     if reference.starts_with("tenants/") {
@@ -333,6 +349,17 @@ pub async fn run(cli: Cli, out: Printer) -> Result<(), CliError> {
                     ("platform admin", "platformAdmin"),
                 ],
             )
+        }
+        Command::Portal => {
+            let token = settings.token.as_deref().ok_or_else(|| {
+                CliError::usage("no token: run `platformctl login` or set PLATFORM_TOKEN")
+            })?;
+            println!(
+                "{}",
+                portal_url(&settings.addr, token, settings.tenant.as_deref())
+            );
+            eprintln!("open it in a browser; it holds your token, so do not share it");
+            Ok(())
         }
         Command::Tenants(c) => tenants(settings, out, c).await,
         Command::RoleBindings(c) => role_bindings(settings, out, c).await,
@@ -1162,6 +1189,18 @@ mod tests {
     fn the_command_line_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_portal_address_carries_the_token_in_its_fragment() {
+        assert_eq!(
+            portal_url("http://127.0.0.1:50051/", "t.k.n", Some("tenants/acme")),
+            "http://127.0.0.1:50051/#token=t.k.n&tenant=acme"
+        );
+        assert_eq!(
+            portal_url("10.0.0.1:443", "t", None),
+            "http://10.0.0.1:443/#token=t"
+        );
     }
 
     #[test]

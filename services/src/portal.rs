@@ -72,9 +72,8 @@ pub fn embedded() -> bool {
     !ASSETS.is_empty()
 }
 
-/// The embedded file for a request path: `/` is `index.html`.
+/// The embedded file for a request path.
 fn asset(path: &str) -> Option<&'static [u8]> {
-    let path = if path == "/" { "/index.html" } else { path };
     ASSETS
         .iter()
         .find(|(p, _)| *p == path)
@@ -98,10 +97,11 @@ fn content_type(path: &str) -> &'static str {
 
 /// Answers a GET or HEAD for the portal.
 pub fn respond(method: &Method, path: &str) -> Response<tonic::body::Body> {
-    let found = match (asset(path), path) {
-        (Some(bytes), _) => Some((bytes, path)),
-        (None, "/" | "/index.html") if !embedded() => Some((NOT_BUILT.as_bytes(), "/index.html")),
-        _ => None,
+    let path = if path == "/" { "/index.html" } else { path };
+    let found = match asset(path) {
+        Some(bytes) => Some((bytes, path)),
+        None if path == "/index.html" && !embedded() => Some((NOT_BUILT.as_bytes(), path)),
+        None => None,
     };
     let Some((bytes, path)) = found else {
         return plain(StatusCode::NOT_FOUND, "not found\n");

@@ -3,13 +3,7 @@
 // on — paging, errors as Connect codes, and the credentials on every call.
 
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join } from "node:path";
-import { createInterface } from "node:readline";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
@@ -23,14 +17,9 @@ import {
   platformClients,
   waitForDeployment,
 } from "../src/index.js";
+import { type Platformd, startPlatformd } from "./platformd.js";
 
-const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const binary =
-  process.env.PLATFORMD_BIN ??
-  join(process.env.CARGO_TARGET_DIR ?? join(repo, "target"), "debug", "platformd");
-
-let server: ChildProcess;
-let dataDir: string;
+let server: Platformd;
 let baseUrl: string;
 let token: string;
 
@@ -45,39 +34,12 @@ function connect(withToken?: string): Platform {
 }
 
 before(async () => {
-  dataDir = mkdtempSync(join(tmpdir(), "platform-ts-"));
-  const env = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !k.startsWith("PLATFORM_")),
-  );
-  server = spawn(
-    binary,
-    ["serve", "--listen=127.0.0.1:0", "--data-dir", dataDir, "--log-format=json"],
-    { stdio: ["ignore", "ignore", "pipe"], env },
-  );
-  const lines = createInterface({ input: server.stderr! });
-  baseUrl = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("platformd did not start")), 60_000);
-    server.once("exit", (code) => reject(new Error(`platformd exited with ${code}`)));
-    server.once("error", (e) => reject(new Error(`cannot run ${binary}: ${e.message}`)));
-    lines.on("line", (line) => {
-      try {
-        const addr = JSON.parse(line).local_addr;
-        if (addr) {
-          clearTimeout(timer);
-          resolve(`http://${addr}`);
-        }
-      } catch {
-        // not JSON: ignore
-      }
-    });
-  });
-  token = readFileSync(join(dataDir, "bootstrap-admin.token"), "utf8").trim();
+  server = await startPlatformd();
+  baseUrl = server.baseUrl;
+  token = server.token;
 });
 
-after(() => {
-  server?.kill("SIGTERM");
-  rmSync(dataDir, { recursive: true, force: true });
-});
+after(() => server?.stop());
 
 const CATALOG = `apiVersion: backstage.io/v1alpha1
 kind: Component

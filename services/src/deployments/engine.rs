@@ -386,6 +386,16 @@ enum Claimed {
     },
 }
 
+/// What [`Engine::step_hand_back`] did.
+enum HandBack {
+    /// The lease is released and the attempt marked handed back.
+    Done,
+    /// Another worker holds the work now, or it has ended.
+    NotOurs,
+    /// A user cancelled it meanwhile: it ends CANCELLED instead.
+    CancelRequested,
+}
+
 impl Engine {
     pub fn new(
         store: Store,
@@ -1151,9 +1161,13 @@ impl Engine {
             pending.push((stream_number(line.stream), line.text, line.truncated));
         }
         self.log_flush(&target, &mut pending).await?;
-        if handing_back && !lost {
-            self.step_hand_back(worker, table, &target).await?;
-            return Ok(None);
+        // A step that ended by itself while the shutdown stopped it (it finished, or a user's
+        // cancel was first) is recorded as it ended; only one the shutdown stopped is handed back.
+        if handing_back && !lost && outcome.cancelled {
+            return match self.step_hand_back(worker, table, &target).await? {
+                HandBack::Done | HandBack::NotOurs => Ok(None),
+                HandBack::CancelRequested => Ok(Some(outcome)),
+            };
         }
         Ok((!lost).then_some(outcome))
     }
@@ -1167,15 +1181,18 @@ impl Engine {
         worker: &str,
         table: &'static str,
         target: &LogTarget,
-    ) -> Result<(), Error> {
+    ) -> Result<HandBack, Error> {
         let (tenant, id) = (target.tenant.as_str(), target.id.as_str());
         let mut tx = self.store.write_tx().await?;
         if table == "deployments" {
             let Some(mut d) = deployment_load_for_update(&mut tx, tenant, id).await? else {
-                return Ok(());
+                return Ok(HandBack::NotOurs);
             };
             if d.lease_owner != worker || i64::from(d.body.state) != RUNNING {
-                return Ok(());
+                return Ok(HandBack::NotOurs);
+            }
+            if d.cancel_requested {
+                return Ok(HandBack::CancelRequested);
             }
             if let Some(last) = d.body.attempts.last_mut() {
                 last.end_time = Some(timestamp(now_micros()));
@@ -1193,7 +1210,7 @@ impl Engine {
             .await?
             .rows_affected();
             if released == 0 {
-                return Ok(());
+                return Ok(HandBack::NotOurs);
             }
         }
         sqlx::query(&format!(
@@ -1210,7 +1227,7 @@ impl Engine {
         system_note(&mut tx, target, text).await?;
         tx.commit().await?;
         self.audit.notify_committed();
-        Ok(())
+        Ok(HandBack::Done)
     }
 
     async fn log_flush(

@@ -30,11 +30,15 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::invalid_argument("filter", msg)
 }
 
-/// Filters are text for people: control characters other than whitespace (a NUL, which
-/// PostgreSQL cannot store in text, among them) are refused before any value is bound.
-fn check_characters(filter: &str) -> Result<(), Error> {
-    if filter.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(invalid("must not contain control characters"));
+/// Filters and search queries are text for people: control characters other than whitespace
+/// (a NUL, which PostgreSQL cannot store or compare in text, among them) are INVALID_ARGUMENT
+/// naming `field`, refused before any value is bound.
+pub(crate) fn check_characters(field: &str, text: &str) -> Result<(), Error> {
+    if text.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(Error::invalid_argument(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -44,7 +48,7 @@ pub fn parse(filter: &str) -> Result<Vec<Term>, Error> {
     if filter.len() > MAX_FILTER_LEN {
         return Err(invalid(format!("at most {MAX_FILTER_LEN} bytes")));
     }
-    check_characters(filter)?;
+    check_characters("filter", filter)?;
     let chars: Vec<char> = filter.chars().collect();
     let mut pos = 0;
     let mut terms = Vec::new();
@@ -193,7 +197,7 @@ fn tokenize(filter: &str) -> Result<Vec<Token>, Error> {
     if filter.len() > MAX_FILTER_LEN {
         return Err(invalid(format!("at most {MAX_FILTER_LEN} bytes")));
     }
-    check_characters(filter)?;
+    check_characters("filter", filter)?;
     let chars: Vec<char> = filter.chars().collect();
     let mut tokens = Vec::new();
     let mut pos = 0;

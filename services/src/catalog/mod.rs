@@ -1140,7 +1140,7 @@ impl EntityFilter {
         if query.chars().count() > 256 {
             return Err(Error::invalid_argument("query", "at most 256 characters"));
         }
-        search::check_query_characters(query)?;
+        filter::check_characters("query", query)?;
         for word in query.split_whitespace() {
             let p = f.param(word.to_lowercase());
             // instr/strpos are not shared by both engines; a substring test through replace() is.

@@ -171,7 +171,7 @@ impl CatalogService {
         req: &pb::SearchEntitiesRequest,
     ) -> Result<pb::SearchEntitiesResponse, Error> {
         let tenant = parse_tenant_name("parent", &req.parent)?;
-        check_query_characters(&req.query)?;
+        crate::filter::check_characters("query", &req.query)?;
         let query = req.query.trim();
         if query.is_empty() || req.query.chars().count() > 256 {
             return Err(Error::invalid_argument("query", "1-256 characters"));
@@ -324,18 +324,6 @@ impl CatalogService {
         }
         Ok(pb::GetEntityFacetsResponse { facets: out })
     }
-}
-
-/// Search text is for people: control characters other than whitespace (a NUL, which PostgreSQL
-/// cannot store or compare in text, among them) are INVALID_ARGUMENT.
-pub(crate) fn check_query_characters(query: &str) -> Result<(), Error> {
-    if query.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(Error::invalid_argument(
-            "query",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

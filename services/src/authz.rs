@@ -489,21 +489,7 @@ impl Gate {
             .strip_prefix("serviceAccount:tenants/")
             .and_then(|rest| rest.split('/').next())
             .map(str::to_owned);
-        let (request_id, peer, user_agent) = call_facts(parts);
-        let ctx = CallContext {
-            principal,
-            token_id: verified.claims.jti.clone().unwrap_or_default(),
-            token_issuer: verified.claims.iss.clone(),
-            token_expire_us: 0,
-            token_grants: Vec::new(),
-            method: parts.uri.path().to_owned(),
-            permission,
-            resource: String::new(),
-            tenant,
-            request_id,
-            peer,
-            user_agent,
-        };
+        let ctx = refused_context(parts, permission, principal, Some(&verified), tenant);
         self.audit_refusal(&ctx, tonic::Code::Unauthenticated).await;
     }
 
@@ -512,8 +498,17 @@ impl Gate {
     /// so each peer address gets a budget of records ([`ANONYMOUS_AUDIT_BUDGET`]); calls beyond
     /// it are counted in a warning once a second instead of growing the chain without bound.
     async fn audit_anonymous(&self, parts: &http::request::Parts, permission: &'static str) {
-        let (request_id, peer, user_agent) = call_facts(parts);
-        let address = peer.rsplit_once(':').map_or(peer.as_str(), |(ip, _)| ip);
+        let ctx = refused_context(
+            parts,
+            permission,
+            ANONYMOUS_PRINCIPAL.to_owned(),
+            None,
+            None,
+        );
+        let address = ctx
+            .peer
+            .rsplit_once(':')
+            .map_or(ctx.peer.as_str(), |(ip, _)| ip);
         if self.inner.anonymous_audit.check(address).is_err() {
             if let Some(unaudited) = ANONYMOUS_UNAUDITED.add() {
                 tracing::warn!(
@@ -523,20 +518,6 @@ impl Gate {
             }
             return;
         }
-        let ctx = CallContext {
-            principal: ANONYMOUS_PRINCIPAL.to_owned(),
-            token_id: String::new(),
-            token_issuer: String::new(),
-            token_expire_us: 0,
-            token_grants: Vec::new(),
-            method: parts.uri.path().to_owned(),
-            permission,
-            resource: String::new(),
-            tenant: None,
-            request_id,
-            peer,
-            user_agent,
-        };
         self.audit_refusal(&ctx, tonic::Code::Unauthenticated).await;
     }
 
@@ -698,6 +679,33 @@ where
                 }
             }
         })
+    }
+}
+
+/// The context of a call refused before authorization (no valid credentials), for its audit
+/// record: who it claims to be if the token is authentic, what it called, and from where. It
+/// names no resource, since the refused request's body is never read.
+fn refused_context(
+    parts: &http::request::Parts,
+    permission: &'static str,
+    principal: String,
+    token: Option<&VerifiedToken>,
+    tenant: Option<String>,
+) -> CallContext {
+    let (request_id, peer, user_agent) = call_facts(parts);
+    CallContext {
+        principal,
+        token_id: token.and_then(|t| t.claims.jti.clone()).unwrap_or_default(),
+        token_issuer: token.map(|t| t.claims.iss.clone()).unwrap_or_default(),
+        token_expire_us: 0,
+        token_grants: Vec::new(),
+        method: parts.uri.path().to_owned(),
+        permission,
+        resource: String::new(),
+        tenant,
+        request_id,
+        peer,
+        user_agent,
     }
 }
 

@@ -3,7 +3,8 @@
 //! is decoded or anything is read from the database). A caller over its rate gets
 //! RESOURCE_EXHAUSTED with the wait until its next call is allowed; other principals are not
 //! slowed by it. This complements the global concurrency limit (load shedding), which protects the
-//! server; the buckets protect the other callers from one noisy one.
+//! server; the buckets protect the other callers from one noisy one. The gate also keys a
+//! limiter by peer address: the audit budget of calls without valid credentials.
 //!
 //! Memory stays bounded: at most [`MAX_TRACKED`] buckets are kept; when a new principal would
 //! exceed that, buckets that have refilled completely (idle principals) are dropped first.

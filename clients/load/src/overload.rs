@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 
-use crate::scenario::{self, Clients, Lcg, Load, Measured, Scenario};
+use crate::scenario::{self, Clients, Lcg, Load, Measured, Scenario, latency_histogram};
 use crate::seed::Fixture;
 
 /// Unanswered calls the generator allows itself before it counts further ones as not sent.
@@ -59,10 +59,6 @@ struct Tally {
     errors: BTreeMap<String, u64>,
 }
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds are valid")
-}
-
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
@@ -80,8 +76,8 @@ pub async fn run(
     let offered_per_second = (capacity_per_second * factor).max(1.0);
     let rss_before_bytes = server_pid.and_then(crate::server::memory).map(|m| m.rss);
     let tally = Arc::new(Mutex::new(Tally {
-        admitted: histogram(),
-        refused: histogram(),
+        admitted: latency_histogram(),
+        refused: latency_histogram(),
         errors: BTreeMap::new(),
     }));
     let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));

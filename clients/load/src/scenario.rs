@@ -84,6 +84,11 @@ pub struct Measured {
     pub peak_rss_anon_bytes: Option<u64>,
 }
 
+/// Latencies in microseconds, 1 µs to 120 s, three significant digits.
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("bounds are valid")
+}
+
 /// One caller's typed clients on its connection.
 pub(crate) struct Clients {
     health: HealthClient<Channel>,
@@ -274,8 +279,7 @@ pub async fn drive(
         let fixture = fixture.clone();
         callers.push(tokio::spawn(async move {
             let mut rng = Lcg(index as u64 * 7_919 + 17);
-            let mut latencies =
-                Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds are valid");
+            let mut latencies = latency_histogram();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             loop {
                 let began = Instant::now();
@@ -313,7 +317,7 @@ pub async fn drive(
             (rss, anon)
         })
     });
-    let mut latencies = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("bounds");
+    let mut latencies = latency_histogram();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     for caller in callers {
         if let Ok((histogram, caller_errors)) = caller.await {

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     println!("cargo:rerun-if-changed=../migrations");
-    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../portal/dist");
+    // Read at run time: `env!` would be the path where this script was compiled, and cargo
+    // reuses the compiled script for a checkout elsewhere that shares the target dir (a CI clone),
+    // which then embedded the other checkout's page, or none.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dist = Path::new(&manifest_dir).join("../portal/dist");
     println!("cargo:rerun-if-changed={}", dist.display());
     let mut files = Vec::new();
     collect(&dist, &mut files);

@@ -1,6 +1,6 @@
 // Shared error and loading indicators, so every page reports problems the same way.
 
-import { formatError } from "../api";
+import { type PagedList, formatError } from "../api";
 
 export function ErrorBox({ error }: { error: unknown }) {
   if (error === undefined || error === null) return null;
@@ -14,4 +14,16 @@ export function ErrorBox({ error }: { error: unknown }) {
 
 export function Loading({ what }: { what?: string }) {
   return <div className="loading" data-testid="loading">Loading{what ? ` ${what}` : ""}…</div>;
+}
+
+/** The end of a paged table: loading, "No <what> match.", or a button for the next page. */
+export function PagedFooter<T>({ list, what }: { list: PagedList<T>; what: string }) {
+  if (list.loading) return <Loading what={what} />;
+  if (!list.error && list.items.length === 0) return <p className="muted">No {what} match.</p>;
+  if (!list.next) return null;
+  return (
+    <button type="button" onClick={() => list.fetch(list.next)}>
+      Load more
+    </button>
+  );
 }

@@ -4,7 +4,7 @@ import { useState } from "react";
 import type { catalogResources } from "@platform/sdk";
 
 import { entityHref, useDebounced, usePagedList, useSession } from "../api";
-import { ErrorBox, Loading } from "../components/Feedback";
+import { ErrorBox, PagedFooter } from "../components/Feedback";
 
 type Entity = catalogResources.Entity;
 
@@ -51,20 +51,14 @@ export function Catalog() {
   const [kind, setKind] = useState("");
   const query = useDebounced(search.trim(), 300);
   const filter = kind ? `kind = "${kind}"` : "";
-  const {
-    items: entities,
-    totalSize: total,
-    next,
-    loading,
-    error,
-    fetch: fetchPage,
-  } = usePagedList<Entity>(
+  const list = usePagedList<Entity>(
     (pageToken, signal) =>
       api.catalog
         .listEntities({ parent: `tenants/${tenant}`, query, filter, pageSize: 50, pageToken }, { signal })
         .then((r) => ({ items: r.entities, nextPageToken: r.nextPageToken, totalSize: r.totalSize })),
     [api, tenant, query, filter],
   );
+  const { items: entities, totalSize: total, error } = list;
 
   return (
     <section>
@@ -118,13 +112,7 @@ export function Catalog() {
           })}
         </tbody>
       </table>
-      {loading ? <Loading what="entities" /> : null}
-      {!loading && !error && entities.length === 0 ? <p className="muted">No entities match.</p> : null}
-      {next && !loading ? (
-        <button type="button" onClick={() => fetchPage(next)}>
-          Load more
-        </button>
-      ) : null}
+      <PagedFooter list={list} what="entities" />
     </section>
   );
 }

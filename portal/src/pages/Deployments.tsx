@@ -4,7 +4,7 @@ import { type FormEvent, useEffect, useState } from "react";
 import { deploymentResources } from "@platform/sdk";
 
 import { entityHref, formatTime, lastSegment, navigate, refToEntityName, useDebounced, usePagedList, usePermissions, useSession } from "../api";
-import { ErrorBox, Loading } from "../components/Feedback";
+import { ErrorBox, PagedFooter } from "../components/Feedback";
 import { envTypeName, useEnvironments } from "./Environments";
 
 type Deployment = deploymentResources.Deployment;
@@ -110,7 +110,7 @@ export function Deployments() {
     .filter(Boolean)
     .join(" AND ");
 
-  const { items, next, loading, error, fetch: fetchPage } = usePagedList<Deployment>(
+  const list = usePagedList<Deployment>(
     (pageToken, signal) =>
       api.deployments
         .listDeployments(
@@ -120,6 +120,7 @@ export function Deployments() {
         .then((r) => ({ items: r.deployments, nextPageToken: r.nextPageToken })),
     [api, tenant, filter],
   );
+  const { items, error } = list;
 
   return (
     <section>
@@ -149,7 +150,7 @@ export function Deployments() {
             </option>
           ))}
         </select>
-        <button type="button" onClick={() => fetchPage("")}>
+        <button type="button" onClick={() => list.fetch("")}>
           Refresh
         </button>
       </div>
@@ -189,13 +190,7 @@ export function Deployments() {
           })}
         </tbody>
       </table>
-      {loading ? <Loading what="deployments" /> : null}
-      {!loading && !error && items.length === 0 ? <p className="muted">No deployments match.</p> : null}
-      {next && !loading ? (
-        <button type="button" onClick={() => fetchPage(next)}>
-          Load more
-        </button>
-      ) : null}
+      <PagedFooter list={list} what="deployments" />
     </section>
   );
 }

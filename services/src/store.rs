@@ -541,6 +541,32 @@ pub async fn labels_replace(
     Ok(())
 }
 
+/// Bound parameters one statement may carry on both engines (SQLite allows 32,766 since 3.32,
+/// PostgreSQL 65,535); multi-row inserts are split to stay under it.
+pub const MAX_BIND_PARAMETERS: usize = 30_000;
+
+/// `$first, $first+1, …` (`count` of them): a list of placeholders, for `IN (…)`.
+pub fn placeholder_list(first: usize, count: usize) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(count * 5);
+    for n in first..first + count {
+        if n > first {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "${n}");
+    }
+    out
+}
+
+/// `($1, …, $columns), ($columns+1, …), …`: the `VALUES` list of a multi-row insert of `rows`
+/// rows, in the `$N` placeholders both engines accept.
+pub fn values_placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholder_list(row * columns + 1, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Microseconds since the Unix epoch: how every timestamp is stored.
 pub fn now_micros() -> i64 {
     let now = std::time::SystemTime::now()
@@ -567,5 +593,12 @@ mod tests {
         assert!(is_sqlite_busy(Some("517"))); // SQLITE_BUSY_SNAPSHOT
         assert!(!is_sqlite_busy(Some("19"))); // constraint
         assert!(!is_sqlite_busy(None));
+    }
+
+    #[test]
+    fn values_placeholders_number_rows_then_columns() {
+        assert_eq!(values_placeholders(1, 2), "($1, $2)");
+        assert_eq!(values_placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(placeholder_list(2, 3), "$2, $3, $4");
     }
 }

@@ -575,6 +575,254 @@ storage_test!(
     }
 );
 
+storage_test!(
+    concurrent_creates_commit_together_each_with_its_own_answer,
+    |backend: Backend| async move {
+        let (_db, server, admin) = setup(backend).await;
+        components(&admin, &["payments", "web"]).await;
+        for (id, r#type) in [
+            ("dev", epb::EnvironmentType::Development),
+            ("frozen", epb::EnvironmentType::Development),
+            ("prod", epb::EnvironmentType::Production),
+        ] {
+            environment(&admin, id, r#type, noop(), "").await;
+        }
+        environments(&admin)
+            .lock_environment(admin.req(epb::LockEnvironmentRequest {
+                name: "tenants/acme/environments/frozen".into(),
+                reason: "release freeze".into(),
+                ..Default::default()
+            }))
+            .await
+            .expect("lock");
+        crate::iam_audit::bind(&admin, "acme", "dana", "user:dana", "developer", "")
+            .await
+            .expect("bind");
+        let dana = server.user("dana").await;
+        // The database refuses one version's row: that create alone must fail.
+        let poison = match backend {
+            Backend::Sqlite => vec![
+                "CREATE TRIGGER poison BEFORE INSERT ON deployments WHEN NEW.version = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned row'); END",
+            ],
+            Backend::Postgres => vec![
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.version = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER poison BEFORE INSERT ON deployments FOR EACH ROW EXECUTE FUNCTION poison()",
+            ],
+        };
+        for statement in poison {
+            sqlx::query(statement)
+                .execute(server.store.pool())
+                .await
+                .expect("install the poison trigger");
+        }
+
+        // What each concurrent call is expected to get.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Expect {
+            Created,
+            Refused(Code),
+            /// One of the calls sharing this request id (by different principals) is created,
+            /// the other refused.
+            Contested,
+        }
+        let retried: Vec<String> = (0..15).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let contested: Vec<String> = (0..5).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+        let mut calls: Vec<(&TestClient, &str, String, &str, String, Expect)> = Vec::new();
+        for i in 0..30 {
+            let component = if i % 2 == 0 { "payments" } else { "web" };
+            calls.push((
+                &admin,
+                component,
+                format!("v{i}"),
+                "dev",
+                String::new(),
+                Expect::Created,
+            ));
+        }
+        for (i, id) in retried.iter().enumerate() {
+            for _ in 0..3 {
+                calls.push((
+                    &admin,
+                    "payments",
+                    format!("r{i}"),
+                    "dev",
+                    id.clone(),
+                    Expect::Created,
+                ));
+            }
+        }
+        for id in &contested {
+            calls.push((
+                &admin,
+                "web",
+                "c".into(),
+                "dev",
+                id.clone(),
+                Expect::Contested,
+            ));
+            calls.push((
+                &dana,
+                "web",
+                "c".into(),
+                "dev",
+                id.clone(),
+                Expect::Contested,
+            ));
+        }
+        for i in 0..8 {
+            let v = format!("x{i}");
+            calls.push((
+                &admin,
+                "payments",
+                v.clone(),
+                "frozen",
+                String::new(),
+                Expect::Refused(Code::FailedPrecondition),
+            ));
+            calls.push((
+                &admin,
+                "nothing",
+                v.clone(),
+                "dev",
+                String::new(),
+                Expect::Refused(Code::NotFound),
+            ));
+            calls.push((
+                &admin,
+                "payments",
+                v.clone(),
+                "nowhere",
+                String::new(),
+                Expect::Refused(Code::NotFound),
+            ));
+            calls.push((
+                &dana,
+                "payments",
+                v.clone(),
+                "prod",
+                String::new(),
+                Expect::Refused(Code::PermissionDenied),
+            ));
+            calls.push((&dana, "web", v, "dev", String::new(), Expect::Created));
+        }
+        calls.push((
+            &admin,
+            "payments",
+            "poison".into(),
+            "dev",
+            String::new(),
+            Expect::Refused(Code::Internal),
+        ));
+        let results = futures::future::join_all(calls.iter().map(
+            |(client, component, version, env, request_id, _)| {
+                deploy(client, component, version, env, request_id)
+            },
+        ))
+        .await;
+
+        let mut created = std::collections::HashSet::new();
+        let mut by_request_id: std::collections::HashMap<
+            &str,
+            Vec<&Result<dpb::Deployment, tonic::Status>>,
+        > = Default::default();
+        let mut refused = 0;
+        for (call, result) in calls.iter().zip(&results) {
+            let (_, component, version, env, request_id, expect) = call;
+            let call =
+                format!("{component} {version} to {env} ({request_id}), expecting {expect:?}");
+            if !request_id.is_empty() {
+                by_request_id
+                    .entry(request_id.as_str())
+                    .or_default()
+                    .push(result);
+            }
+            match (expect, result) {
+                (Expect::Created, Ok(d)) => {
+                    assert_eq!(d.version, *version);
+                    assert_eq!(d.environment, format!("tenants/acme/environments/{env}"));
+                    assert_eq!(d.component, format!("component:default/{component}"));
+                    assert_eq!(d.log_line_count, 1, "{d:?}");
+                    created.insert(d.name.clone());
+                }
+                (Expect::Refused(code), Err(status)) => {
+                    assert_eq!(status.code(), *code, "{call:?}: {status:?}");
+                    if *code == Code::FailedPrecondition {
+                        assert!(status.message().contains("release freeze"), "{status:?}");
+                    }
+                    if *code == Code::Internal {
+                        assert!(!status.message().contains("poisoned"), "{status:?}");
+                    }
+                    refused += 1;
+                }
+                (Expect::Contested, _) => {}
+                _ => panic!("{call:?} answered {result:?}"),
+            }
+        }
+        // A request id sent three times at once by one caller: one deployment, three answers.
+        for id in &retried {
+            let answers = &by_request_id[id.as_str()];
+            let names: std::collections::HashSet<_> = answers
+                .iter()
+                .map(|r| r.as_ref().expect("retried create").name.clone())
+                .collect();
+            assert_eq!(names.len(), 1, "{id}: {answers:?}");
+        }
+        // A request id two principals sent at once: the first create wins, the other is refused.
+        for id in &contested {
+            let answers = &by_request_id[id.as_str()];
+            let won: Vec<_> = answers.iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(won.len(), 1, "{id}: {answers:?}");
+            created.insert(won[0].name.clone());
+            let lost = answers
+                .iter()
+                .find_map(|r| r.as_ref().err())
+                .expect("refused");
+            assert_eq!(lost.code(), Code::InvalidArgument, "{lost:?}");
+            refused += 1;
+        }
+        assert_eq!(created.len(), 30 + 15 + 5 + 8);
+
+        // Exactly the created deployments exist, each with its first log line, and every call
+        // that got past its checks is in the audit trail once: created ones allowed, refused
+        // ones failed. The chain verifies.
+        let pool = server.store.pool();
+        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deployments")
+            .fetch_one(pool)
+            .await
+            .expect("count");
+        assert_eq!(stored, created.len() as i64);
+        let first_lines: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM deployment_log WHERE seq = 1")
+                .fetch_one(pool)
+                .await
+                .expect("count");
+        assert_eq!(first_lines, stored);
+        let audited = |outcome: i32| {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM audit_events WHERE method = $1 AND outcome = $2",
+            )
+            .bind("/platform.deployments.v1.DeploymentService/CreateDeployment")
+            .bind(outcome)
+            .fetch_one(pool)
+        };
+        use platform_api::platform::audit::v1::Outcome;
+        assert_eq!(
+            audited(Outcome::Allowed as i32).await.expect("count"),
+            created.len() as i64
+        );
+        assert_eq!(
+            audited(Outcome::Failed as i32).await.expect("count"),
+            refused
+        );
+        let report = crate::iam_audit::verify(&admin, "tenants/acme").await;
+        assert!(report.ok, "{report:?}");
+        server.stop().await;
+    }
+);
+
 #[tokio::test]
 async fn production_needs_the_production_permission() {
     let (_db, server, admin) = setup(Backend::Sqlite).await;

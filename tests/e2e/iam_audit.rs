@@ -95,7 +95,7 @@ async fn create_group(
         .map(|r| r.into_inner())
 }
 
-async fn verify(client: &TestClient, tenant: &str) -> audit::VerifyAuditChainResponse {
+pub(crate) async fn verify(client: &TestClient, tenant: &str) -> audit::VerifyAuditChainResponse {
     client
         .audit()
         .verify_audit_chain(client.req(audit::VerifyAuditChainRequest {

@@ -9,6 +9,7 @@
 //! (state history, attempts, SYSTEM log lines).
 
 pub mod engine;
+mod group_commit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -247,6 +248,147 @@ impl TargetEnvironment {
     }
 }
 
+/// Deploying into a PRODUCTION environment needs its own permission.
+fn check_production(gate: &Gate, ctx: &CallContext, env: &TargetEnvironment) -> Result<(), Error> {
+    if env.r#type == epb::EnvironmentType::Production as i32
+        && !gate.allows(ctx, &env.name, PRODUCTION_PERMISSION)
+    {
+        return Err(Error::PermissionDenied {
+            message: format!(
+                "{} lacks `{PRODUCTION_PERMISSION}` on {}",
+                ctx.principal, env.name
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A new QUEUED deployment of `d`'s client fields into `env`, named and stamped (nameless for
+/// `validate_only`); [`deployments_insert`] stores it.
+fn deployment_new(
+    ctx: &CallContext,
+    tenant: &str,
+    mut d: pb::Deployment,
+    env: &TargetEnvironment,
+    validate_only: bool,
+) -> pb::Deployment {
+    let now = now_micros();
+    if validate_only {
+        d.name = String::new();
+        d.uid = String::new();
+    } else {
+        d.name = format!(
+            "tenants/{tenant}/deployments/d{}",
+            uuid::Uuid::now_v7().simple()
+        );
+        d.uid = uuid::Uuid::new_v4().to_string();
+    }
+    d.environment = env.name.clone();
+    d.requested_by = Some(pb::Actor {
+        principal: ctx.principal.clone(),
+        display_name: String::new(),
+    });
+    d.state = QUEUED as i32;
+    d.state_message = "queued".into();
+    d.state_history = vec![pb::StateTransition {
+        state: QUEUED as i32,
+        time: Some(timestamp(now)),
+        message: "queued".into(),
+    }];
+    d.create_time = Some(timestamp(now));
+    d.update_time = Some(timestamp(now));
+    d.etag = uuid::Uuid::new_v4().simple().to_string();
+    // The first log line, "QUEUED by …", written with it.
+    d.log_line_count = i64::from(!validate_only);
+    d
+}
+
+/// Stores new deployments from [`deployment_new`] (requester, deployment, environment id) with
+/// the first line of each one's log, in one multi-row insert per table.
+async fn deployments_insert(
+    tx: &mut WriteTx,
+    rows: &[(&CallContext, &pb::Deployment, &str)],
+) -> Result<(), Error> {
+    const COLUMNS: usize = 22;
+    for chunk in rows.chunks(crate::store::MAX_BIND_PARAMETERS / COLUMNS) {
+        let sql = format!(
+            "INSERT INTO deployments (tenant, id, uid, component, environment, state, version, commit_sha, \
+             requested_by, rollback_of, promoted_from, create_time_us, update_time_us, cancel_requested, \
+             attempt_count, lease_owner, lease_expires_us, log_seq, etag, body, lane, commit_time_us) \
+             VALUES {}",
+            crate::store::values_placeholders(chunk.len(), COLUMNS)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (ctx, d, env_id) in chunk {
+            let tenant = tenant_of(&d.name);
+            let created = micros(&d.create_time).unwrap_or_default();
+            insert = insert
+                .bind(tenant.to_owned())
+                .bind(id_of(&d.name).to_owned())
+                .bind(d.uid.clone())
+                .bind(d.component.clone())
+                .bind(env_id.to_string())
+                .bind(QUEUED)
+                .bind(d.version.clone())
+                .bind(d.commit_sha.clone())
+                .bind(ctx.principal.clone())
+                .bind(d.rollback_of.clone())
+                .bind(d.promoted_from.clone())
+                .bind(created)
+                .bind(created)
+                .bind(0i64)
+                .bind(0i64)
+                .bind(String::new())
+                .bind(0i64)
+                .bind(1i64)
+                .bind(d.etag.clone())
+                .bind(d.encode_to_vec())
+                .bind(format!("{tenant}/{env_id}/{}", d.component))
+                .bind(micros(&d.commit_time));
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    // The log's first line, numbered 1 above (log_seq): a new deployment needs no counter lock.
+    const LOG_COLUMNS: usize = 8;
+    for chunk in rows.chunks(crate::store::MAX_BIND_PARAMETERS / LOG_COLUMNS) {
+        let sql = format!(
+            "INSERT INTO deployment_log (tenant, deployment, seq, time_us, stream, text, truncated, attempt) \
+             VALUES {}",
+            crate::store::values_placeholders(chunk.len(), LOG_COLUMNS)
+        );
+        let mut insert = sqlx::query(&sql);
+        for (ctx, d, _) in chunk {
+            insert = insert
+                .bind(tenant_of(&d.name).to_owned())
+                .bind(id_of(&d.name).to_owned())
+                .bind(1i64)
+                .bind(micros(&d.create_time).unwrap_or_default())
+                .bind(pb::LogStream::System as i64)
+                .bind(format!("QUEUED by {}", ctx.principal))
+                .bind(0i64)
+                .bind(0i64);
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+/// The deployment a stored idempotent response names, as it is now.
+async fn deployment_current(
+    store: &Store,
+    stored: pb::Deployment,
+) -> Result<pb::Deployment, Error> {
+    if stored.name.is_empty() {
+        return Ok(stored);
+    }
+    Ok(
+        deployment_load(store.pool(), tenant_of(&stored.name), id_of(&stored.name))
+            .await?
+            .map(|d| d.body)
+            .unwrap_or(stored),
+    )
+}
+
 /// The `DeploymentService` implementation.
 #[derive(Debug, Clone)]
 pub struct DeploymentService {
@@ -256,6 +398,8 @@ pub struct DeploymentService {
     engine: Arc<Engine>,
     work: Arc<Notify>,
     watch_access: Option<WatchAccess>,
+    /// Creates commit in groups (see [`group_commit`]).
+    creates: group_commit::CreateQueue,
 }
 
 fn validate_new(d: &pb::Deployment, violations: &mut Vec<FieldViolation>) {
@@ -320,6 +464,12 @@ impl DeploymentService {
         work: Arc<Notify>,
         watch_access: Option<WatchAccess>,
     ) -> Self {
+        let creates = group_commit::CreateQueue::start(
+            store.clone(),
+            audit.clone(),
+            gate.clone(),
+            work.clone(),
+        );
         DeploymentService {
             store,
             audit,
@@ -327,22 +477,8 @@ impl DeploymentService {
             engine,
             work,
             watch_access,
+            creates,
         }
-    }
-
-    /// Deploying into a PRODUCTION environment needs its own permission.
-    fn check_production(&self, ctx: &CallContext, env: &TargetEnvironment) -> Result<(), Error> {
-        if env.r#type == epb::EnvironmentType::Production as i32
-            && !self.gate.allows(ctx, &env.name, PRODUCTION_PERMISSION)
-        {
-            return Err(Error::PermissionDenied {
-                message: format!(
-                    "{} lacks `{PRODUCTION_PERMISSION}` on {}",
-                    ctx.principal, env.name
-                ),
-            });
-        }
-        Ok(())
     }
 
     /// Inserts a new QUEUED deployment (inside `tx`) and returns it.
@@ -351,94 +487,20 @@ impl DeploymentService {
         tx: &mut WriteTx,
         ctx: &CallContext,
         tenant: &str,
-        mut d: pb::Deployment,
+        d: pb::Deployment,
         env: &TargetEnvironment,
         validate_only: bool,
     ) -> Result<pb::Deployment, Error> {
-        let now = now_micros();
-        let id = format!("d{}", uuid::Uuid::now_v7().simple());
-        d.name = if validate_only {
-            String::new()
-        } else {
-            format!("tenants/{tenant}/deployments/{id}")
-        };
-        d.uid = if validate_only {
-            String::new()
-        } else {
-            uuid::Uuid::new_v4().to_string()
-        };
-        d.environment = env.name.clone();
-        d.requested_by = Some(pb::Actor {
-            principal: ctx.principal.clone(),
-            display_name: String::new(),
-        });
-        d.state = QUEUED as i32;
-        d.state_message = "queued".into();
-        d.state_history = vec![pb::StateTransition {
-            state: QUEUED as i32,
-            time: Some(timestamp(now)),
-            message: "queued".into(),
-        }];
-        d.create_time = Some(timestamp(now));
-        d.update_time = Some(timestamp(now));
-        d.etag = uuid::Uuid::new_v4().simple().to_string();
-        if validate_only {
-            return Ok(d);
+        let d = deployment_new(ctx, tenant, d, env, validate_only);
+        if !validate_only {
+            deployments_insert(tx, &[(ctx, &d, env.id.as_str())]).await?;
         }
-        sqlx::query(
-            "INSERT INTO deployments (tenant, id, uid, component, environment, state, version, commit_sha, requested_by, \
-             rollback_of, promoted_from, create_time_us, update_time_us, cancel_requested, attempt_count, lease_owner, \
-             lease_expires_us, log_seq, etag, body, lane, commit_time_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12, 0, 0, '', 0, 1, $13, $14, $15, $16)",
-        )
-        .bind(tenant)
-        .bind(&id)
-        .bind(&d.uid)
-        .bind(&d.component)
-        .bind(&env.id)
-        .bind(QUEUED)
-        .bind(&d.version)
-        .bind(&d.commit_sha)
-        .bind(&ctx.principal)
-        .bind(&d.rollback_of)
-        .bind(&d.promoted_from)
-        .bind(now)
-        .bind(&d.etag)
-        .bind(d.encode_to_vec())
-        .bind(format!("{tenant}/{}/{}", env.id, d.component))
-        .bind(micros(&d.commit_time))
-        .execute(&mut **tx)
-        .await?;
-        // The log's first line, numbered 1 in the INSERT above (log_seq): a new deployment
-        // needs no counter lock.
-        sqlx::query(
-            "INSERT INTO deployment_log (tenant, deployment, seq, time_us, stream, text, truncated, attempt) \
-             VALUES ($1, $2, 1, $3, $4, $5, 0, 0)",
-        )
-        .bind(tenant)
-        .bind(&id)
-        .bind(now)
-        .bind(pb::LogStream::System as i64)
-        .bind(format!("QUEUED by {}", ctx.principal))
-        .execute(&mut **tx)
-        .await?;
-        d.log_line_count = 1;
         Ok(d)
     }
 
     /// The deployment a stored idempotent response names, as it is now.
     async fn current(&self, stored: pb::Deployment) -> Result<pb::Deployment, Error> {
-        if stored.name.is_empty() {
-            return Ok(stored);
-        }
-        Ok(deployment_load(
-            self.store.pool(),
-            tenant_of(&stored.name),
-            id_of(&stored.name),
-        )
-        .await?
-        .map(|d| d.body)
-        .unwrap_or(stored))
+        deployment_current(&self.store, stored).await
     }
 
     #[instrument(skip_all)]
@@ -484,59 +546,28 @@ impl DeploymentService {
         if !violations.is_empty() {
             return Err(Error::InvalidArgument(violations));
         }
-        let mut tx = self.store.write_tx().await?;
-        if let Some(previous) =
-            idempotency::lookup::<pb::Deployment>(&mut tx, ctx, &req.request_id).await?
-        {
-            drop(tx);
-            return self.current(previous).await;
-        }
-        let result = async {
-            let env = environment_target(&mut *tx, &tenant, &env_id)
-                .await?
-                .ok_or_else(|| Error::NotFound {
-                    resource_type: "environment",
-                    name: given.environment.clone(),
-                })?;
-            let exists: Option<String> = sqlx::query_scalar(
-                "SELECT ref FROM catalog_entities WHERE tenant = $1 AND ref = $2",
-            )
-            .bind(&tenant)
-            .bind(&component)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if exists.is_none() {
-                return Err(Error::NotFound {
-                    resource_type: "component",
-                    name: component.clone(),
-                });
-            }
-            self.check_production(ctx, &env)?;
-            env.check_open()?;
-            let d = pb::Deployment {
-                component: component.clone(),
-                version: given.version.clone(),
-                commit_sha: given.commit_sha.clone(),
-                commit_time: given.commit_time,
-                reason: given.reason.clone(),
-                labels: given.labels.clone(),
-                annotations: given.annotations.clone(),
-                ..Default::default()
-            };
-            let d = self
-                .deployment_insert(&mut tx, ctx, &tenant, d, &env, req.validate_only)
-                .await?;
-            idempotency::remember(&mut tx, ctx, &req.request_id, &d).await?;
-            Ok(d)
-        }
-        .await;
-        if req.validate_only {
-            drop(tx);
-            return result;
-        }
-        let d = self.audit.finish(ctx, tx, result, &["deployment"]).await?;
-        self.work.notify_one();
-        Ok(d)
+        self.creates
+            .create(group_commit::NewDeploymentRequest {
+                ctx: ctx.clone(),
+                tenant,
+                environment_id: env_id,
+                environment_name: given.environment,
+                // Only the fields a client sets; the rest is the server's.
+                given: pb::Deployment {
+                    component: component.clone(),
+                    version: given.version,
+                    commit_sha: given.commit_sha,
+                    commit_time: given.commit_time,
+                    reason: given.reason,
+                    labels: given.labels,
+                    annotations: given.annotations,
+                    ..Default::default()
+                },
+                component,
+                request_id: req.request_id,
+                validate_only: req.validate_only,
+            })
+            .await
     }
 
     async fn deployment_get(&self, name: &str) -> Result<DeploymentRow, Error> {
@@ -790,7 +821,7 @@ impl DeploymentService {
             let env = environment_target(&mut *tx, &tenant, &undone.environment_id)
                 .await?
                 .ok_or_else(|| Error::NotFound { resource_type: "environment", name: undone.body.environment.clone() })?;
-            self.check_production(ctx, &env)?;
+            check_production(&self.gate, ctx, &env)?;
             env.check_open()?;
             let mut snapshot = target.body.snapshot.clone().unwrap_or_default();
             snapshot.copied_from = target.body.name.clone();
@@ -879,7 +910,7 @@ impl DeploymentService {
                     ),
                 });
             }
-            self.check_production(ctx, &to)?;
+            check_production(&self.gate, ctx, &to)?;
             to.check_open()?;
             let d = pb::Deployment {
                 component: source.body.component.clone(),

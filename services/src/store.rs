@@ -31,6 +31,24 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// WAL frames (pages; 4 KiB each by default) beyond which the checkpointer resets the WAL.
 const WAL_RESET_FRAMES: i64 = 8192;
 
+/// Frames a checkpoint pass may have left uncopied for the reset to follow it: the reset copies
+/// them while writers wait (4 MiB, a few milliseconds).
+const WAL_RESET_LEFT_FRAMES: i64 = 1024;
+
+/// WAL frames beyond which the checkpointer resets the WAL even though its passes fall behind
+/// (128 MiB): the reset then copies more while writers wait, but the WAL stays bounded.
+const WAL_FORCE_RESET_FRAMES: i64 = 4 * WAL_RESET_FRAMES;
+
+/// The size a restarted WAL file is cut back to (`journal_size_limit`).
+const WAL_SIZE_LIMIT: i64 = 4096 * WAL_FORCE_RESET_FRAMES;
+
+/// Frames written during a checkpoint pass few enough for the next to copy while holding
+/// writers back (1 MiB, about a millisecond).
+const WAL_CATCH_UP_FRAMES: i64 = 256;
+
+/// How long a WAL reset waits for readers still using the WAL before it is put off.
+const WAL_RESET_READER_WAIT: Duration = Duration::from_millis(20);
+
 /// The database engine behind a [`Store`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
@@ -133,6 +151,9 @@ impl std::ops::DerefMut for WriteTx {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Where write transactions begin: on SQLite a pool of one connection of its own, on
+    /// PostgreSQL the pool itself.
+    writer: AnyPool,
     engine: Engine,
     /// SQLite has one writer at a time. Writers of this process queue here, in order, instead of
     /// in SQLite's busy handler, which sleeps in growing steps and turns contention into
@@ -182,66 +203,84 @@ impl Store {
             source,
         };
         let statement_timeout = settings.statement_timeout;
-        let pool = AnyPoolOptions::new()
-            .max_connections(settings.max_connections.unwrap_or(default_max))
-            .min_connections(1)
-            .acquire_timeout(settings.acquire_timeout)
-            // sqlx pings a connection before lending it out. For a SQLite file that is one
-            // more hop to the connection's worker thread per query (7% of a GetEntity's CPU,
-            // measured with perf) and never finds anything; PostgreSQL keeps it, so a
-            // connection the server dropped (a restart, an idle timeout) is replaced before a
-            // request uses it.
-            .test_before_acquire(engine == Engine::Postgres)
-            // A connection must never be lent out inside a transaction someone abandoned. sqlx
-            // rolls a dropped transaction back lazily, on the connection's worker, so a ping
-            // (queued behind that rollback) comes first; a connection still inside one is
-            // closed, which ends its transaction.
-            .after_release(|conn, _meta| {
-                Box::pin(async move {
-                    if !conn.is_in_transaction() {
-                        return Ok(true);
-                    }
-                    conn.ping().await?;
-                    Ok(!conn.is_in_transaction())
+        let options = |max_connections: u32| {
+            AnyPoolOptions::new()
+                .max_connections(max_connections)
+                .min_connections(1)
+                .acquire_timeout(settings.acquire_timeout)
+                // sqlx pings a connection before lending it out. For a SQLite file that is one
+                // more hop to the connection's worker thread per query (7% of a GetEntity's CPU,
+                // measured with perf) and never finds anything; PostgreSQL keeps it, so a
+                // connection the server dropped (a restart, an idle timeout) is replaced before a
+                // request uses it.
+                .test_before_acquire(engine == Engine::Postgres)
+                // A connection must never be lent out inside a transaction someone abandoned. sqlx
+                // rolls a dropped transaction back lazily, on the connection's worker, so a ping
+                // (queued behind that rollback) comes first; a connection still inside one is
+                // closed, which ends its transaction.
+                .after_release(|conn, _meta| {
+                    Box::pin(async move {
+                        if !conn.is_in_transaction() {
+                            return Ok(true);
+                        }
+                        conn.ping().await?;
+                        Ok(!conn.is_in_transaction())
+                    })
                 })
-            })
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if let (Engine::Postgres, Some(timeout)) = (engine, statement_timeout) {
-                        conn.execute(
-                            format!("SET statement_timeout = {}", timeout.as_millis()).as_str(),
-                        )
-                        .await?;
-                    }
-                    if engine == Engine::Sqlite {
-                        // WAL lets readers run beside the one writer; NORMAL sync is durable in
-                        // WAL mode except for the last transactions on power loss, not on a crash.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = NORMAL").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // Deleted content (destroyed secret versions above all) is overwritten
-                        // with zeros instead of lingering in free pages of the file.
-                        conn.execute("PRAGMA secure_delete = ON").await?;
-                        // Checkpoints run in the background (`Store::start_checkpointer`), not
-                        // inside whichever commit crosses the WAL threshold: a checkpoint
-                        // fsyncs, and a request must not wait for it. The last connection to
-                        // close still checkpoints (SQLite does that by itself), so one-shot
-                        // commands leave no WAL behind.
-                        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
-                        conn.execute(
-                            format!("PRAGMA busy_timeout = {}", SQLITE_BUSY_TIMEOUT.as_millis())
+                .after_connect(move |conn, _meta| {
+                    Box::pin(async move {
+                        if let (Engine::Postgres, Some(timeout)) = (engine, statement_timeout) {
+                            conn.execute(
+                                format!("SET statement_timeout = {}", timeout.as_millis()).as_str(),
+                            )
+                            .await?;
+                        }
+                        if engine == Engine::Sqlite {
+                            // WAL lets readers run beside the one writer; NORMAL sync is durable in
+                            // WAL mode except for the last transactions on power loss, not on a crash.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA foreign_keys = ON").await?;
+                            // Deleted content (destroyed secret versions above all) is overwritten
+                            // with zeros instead of lingering in free pages of the file.
+                            conn.execute("PRAGMA secure_delete = ON").await?;
+                            // Checkpoints run in the background (`Store::start_checkpointer`), not
+                            // inside whichever commit crosses the WAL threshold: a checkpoint
+                            // fsyncs, and a request must not wait for it. The last connection to
+                            // close still checkpoints (SQLite does that by itself), so one-shot
+                            // commands leave no WAL behind.
+                            conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                            conn.execute(
+                                format!("PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}").as_str(),
+                            )
+                            .await?;
+                            conn.execute(
+                                format!(
+                                    "PRAGMA busy_timeout = {}",
+                                    SQLITE_BUSY_TIMEOUT.as_millis()
+                                )
                                 .as_str(),
-                        )
-                        .await?;
-                    }
-                    Ok(())
+                            )
+                            .await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
+        };
+        let pool = options(settings.max_connections.unwrap_or(default_max))
             .connect(&url)
             .await
             .map_err(connect_err)?;
+        // SQLite's writes all go through one connection: in WAL mode a connection's page cache
+        // is emptied whenever another connection has written, so writes spread over the pool
+        // began cold, rereading the pages they change; a single writer finds them cached.
+        let writer = match engine {
+            Engine::Sqlite => options(1).connect(&url).await.map_err(connect_err)?,
+            Engine::Postgres => pool.clone(),
+        };
         Ok(Store {
             pool,
+            writer,
             engine,
             write_turn: Default::default(),
             instance: uuid::Uuid::new_v4().simple().to_string().into(),
@@ -314,9 +353,9 @@ impl Store {
         let (tx, turn) = match self.engine {
             Engine::Sqlite => {
                 let turn = self.write_turn.clone().lock_owned().await;
-                (self.pool.begin_with("BEGIN IMMEDIATE").await, Some(turn))
+                (self.writer.begin_with("BEGIN IMMEDIATE").await, Some(turn))
             }
-            Engine::Postgres => (self.pool.begin().await, None),
+            Engine::Postgres => (self.writer.begin().await, None),
         };
         tx.map(|tx| WriteTx { tx: Some(tx), turn })
             .map_err(|err| match err {
@@ -333,17 +372,19 @@ impl Store {
     /// (PASSIVE: writers and readers go on meanwhile). No-op on PostgreSQL.
     ///
     /// A PASSIVE checkpoint never resets the WAL itself: the next writer does, and only if the
-    /// checkpoint finished and no reader still uses the old frames. Back-to-back writes (a big
-    /// import) or steady readers can starve that, and a WAL that grows without bound slows every
-    /// read (each page lookup walks the WAL index) — a 100,000-entity import left a 2 GB WAL.
-    /// So when a pass has copied every frame of a WAL longer than [`WAL_RESET_FRAMES`], a
-    /// TRUNCATE checkpoint waits for the current readers (writers wait on their busy timeout),
-    /// resets the WAL and shrinks the file.
+    /// checkpoint copied every frame and no reader still uses them. Back-to-back writes (a big
+    /// import, a queue of deployments) leave every pass behind, and a WAL that grows without
+    /// bound slows every read (each page lookup walks the WAL index) — a 100,000-entity import
+    /// left a 2 GB WAL, and the engine draining a deep queue a 1.9 GB one. So past
+    /// [`WAL_RESET_FRAMES`], a pass that got (nearly) everything is followed by a second one
+    /// holding the write turn, which leaves the whole WAL copied for the next writer to restart;
+    /// past [`WAL_FORCE_RESET_FRAMES`], [`wal_reset`] restarts it itself.
     pub fn start_checkpointer(&self, every: std::time::Duration) {
         if self.engine != Engine::Sqlite {
             return;
         }
         let pool = self.pool.clone();
+        let write_turn = self.write_turn.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -352,36 +393,32 @@ impl Store {
                 if pool.is_closed() {
                     return;
                 }
-                // Columns: busy (0/1), frames in the WAL, frames checkpointed.
-                let progress = match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .fetch_optional(&pool)
-                    .await
-                {
-                    Ok(row) => row.and_then(|r| {
-                        let frames = sqlx::Row::try_get::<i64, _>(&r, 1).ok()?;
-                        let copied = sqlx::Row::try_get::<i64, _>(&r, 2).ok()?;
-                        Some((frames, copied))
-                    }),
+                let progress = match wal_checkpoint(&pool).await {
+                    Ok(progress) => progress,
                     Err(_) if pool.is_closed() => return,
                     Err(err) => {
                         tracing::warn!(error = %err, "WAL checkpoint failed; retrying");
                         None
                     }
                 };
-                // Only once this pass copied every frame, so the reset has nothing left to
-                // copy and holds writers back just while the current reads finish.
-                if let Some((frames, copied)) = progress
-                    && frames > WAL_RESET_FRAMES
-                    && copied == frames
-                {
-                    match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                        .fetch_optional(&pool)
-                        .await
-                    {
-                        Ok(_) => tracing::debug!(frames, "WAL reset"),
-                        Err(_) if pool.is_closed() => return,
-                        Err(err) => tracing::warn!(error = %err, "WAL reset failed; retrying"),
-                    }
+                let Some((frames, copied)) = progress else {
+                    continue;
+                };
+                let outcome = if frames > WAL_FORCE_RESET_FRAMES {
+                    wal_reset(&pool, &write_turn).await.map(|done| {
+                        if !done {
+                            tracing::debug!(frames, "WAL reset put off: readers");
+                        }
+                    })
+                } else if frames > WAL_RESET_FRAMES && frames - copied <= WAL_RESET_LEFT_FRAMES {
+                    wal_catch_up(&pool, &write_turn, copied).await
+                } else {
+                    Ok(())
+                };
+                match outcome {
+                    Ok(()) => {}
+                    Err(_) if pool.is_closed() => return,
+                    Err(err) => tracing::warn!(error = %err, "WAL reset failed; retrying"),
                 }
             }
         });
@@ -389,6 +426,7 @@ impl Store {
 
     /// Waits for connections in use to be returned, then closes them (used at shutdown).
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 
@@ -539,6 +577,79 @@ pub async fn labels_replace(
             .await?;
     }
     Ok(())
+}
+
+/// One PASSIVE checkpoint: copies what it can of the WAL into the database without waiting for
+/// readers or writers; returns (frames in the WAL, frames copied).
+async fn wal_checkpoint(pool: &AnyPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    // Columns: busy (0/1), frames in the WAL, frames checkpointed.
+    let row = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.and_then(|r| {
+        let frames = sqlx::Row::try_get::<i64, _>(&r, 1).ok()?;
+        let copied = sqlx::Row::try_get::<i64, _>(&r, 2).ok()?;
+        Some((frames, copied))
+    }))
+}
+
+/// Leaves the whole WAL copied into the database, for the next writer to restart it from its
+/// first frame (if no reader still uses it). `copied`: the frames the last pass copied.
+///
+/// Passes run without holding writers back while each still finds more than
+/// [`WAL_CATCH_UP_FRAMES`] written since the one before (each is shorter than the last, so
+/// fewer are written during it); the last holds the write turn and copies that little rest.
+async fn wal_catch_up(
+    pool: &AnyPool,
+    write_turn: &std::sync::Arc<tokio::sync::Mutex<()>>,
+    mut copied: i64,
+) -> Result<(), sqlx::Error> {
+    for _ in 0..4 {
+        let Some((frames, now_copied)) = wal_checkpoint(pool).await? else {
+            return Ok(());
+        };
+        let written_since = frames - copied;
+        copied = now_copied;
+        if written_since <= WAL_CATCH_UP_FRAMES {
+            break;
+        }
+    }
+    let _turn = write_turn.clone().lock_owned().await;
+    wal_checkpoint(pool).await.map(drop)
+}
+
+/// Copies the rest of the WAL into the database and restarts it from its first frame (RESTART
+/// checkpoint; SQLite then cuts a longer file back to [`WAL_SIZE_LIMIT`]); false when readers
+/// still using the WAL put it off to the next pass. RESTART rather than TRUNCATE: emptying the
+/// file made each reset cost tens of milliseconds and every write after it grow the file again.
+///
+/// It holds this process's write turn, so it waits for no writer, and writers wait for it in the
+/// turn's queue, woken the moment it is done, instead of in SQLite's busy handler, whose sleeps
+/// of up to 100 ms stretched each reset into a stall of tens of milliseconds for every writer.
+/// It waits [`WAL_RESET_READER_WAIT`] at most for readers, so a long read cannot hold writers.
+async fn wal_reset(
+    pool: &AnyPool,
+    write_turn: &std::sync::Arc<tokio::sync::Mutex<()>>,
+) -> Result<bool, sqlx::Error> {
+    let _turn = write_turn.clone().lock_owned().await;
+    let mut conn = pool.acquire().await?;
+    let busy_timeout = |wait: Duration| format!("PRAGMA busy_timeout = {}", wait.as_millis());
+    conn.execute(busy_timeout(WAL_RESET_READER_WAIT).as_str())
+        .await?;
+    let outcome = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_optional(&mut *conn)
+        .await;
+    if conn
+        .execute(busy_timeout(SQLITE_BUSY_TIMEOUT).as_str())
+        .await
+        .is_err()
+    {
+        // Never lend out a connection whose writers would give up after milliseconds.
+        conn.detach();
+    }
+    // Columns: busy (0/1), frames in the WAL, frames checkpointed.
+    Ok(outcome?
+        .is_some_and(|row| sqlx::Row::try_get::<i64, _>(&row, 0).is_ok_and(|busy| busy == 0)))
 }
 
 /// Bound parameters one statement may carry on both engines (SQLite allows 32,766 since 3.32,

@@ -744,7 +744,8 @@ storage_test!(
                     assert_eq!(d.version, *version);
                     assert_eq!(d.environment, format!("tenants/acme/environments/{env}"));
                     assert_eq!(d.component, format!("component:default/{component}"));
-                    assert_eq!(d.log_line_count, 1, "{d:?}");
+                    // A retry answered after the engine ran it shows more.
+                    assert!(d.log_line_count >= 1, "{d:?}");
                     created.insert(d.name.clone());
                 }
                 (Expect::Refused(code), Err(status)) => {

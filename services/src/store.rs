@@ -1,12 +1,14 @@
 //! The storage layer: one sqlx pool over SQLite (embedded default) or PostgreSQL (at scale),
-//! chosen by the database URL, with migrations for each engine and one transaction helper.
+//! chosen by the database URL — plus, on SQLite, one connection of its own for every write —
+//! with migrations for each engine and one transaction helper.
 //!
 //! Queries are written once in the SQL both engines accept (`$1` placeholders, `BIGINT`
 //! microsecond timestamps, `TEXT` for JSON) and run through sqlx's `Any` driver; where the
 //! engines differ (locking, `SKIP LOCKED`), code asks [`Store::engine`].
 //!
 //! Every mutating request runs in exactly one transaction from [`Store::write_tx`], in which the
-//! change and its audit record are written together. On SQLite that transaction is begun
+//! change and its audit record are written together (concurrent CreateDeployment calls share
+//! one: `deployments::group_commit`). On SQLite that transaction is begun
 //! `IMMEDIATE`, taking the write lock up front: a deferred transaction that reads before it
 //! writes fails with `SQLITE_BUSY` when another writer commits in between, which a busy timeout
 //! cannot cure.

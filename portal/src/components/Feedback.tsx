@@ -1,5 +1,6 @@
 // Shared error and loading indicators, so every page reports problems the same way.
 
+import type { ReactNode } from "react";
 import { type PagedList, formatError } from "../api";
 
 export function ErrorBox({ error }: { error: unknown }) {
@@ -24,6 +25,31 @@ export function PagedFooter<T>({ list, what }: { list: PagedList<T>; what: strin
   return (
     <button type="button" onClick={() => list.fetch(list.next)}>
       Load more
+    </button>
+  );
+}
+
+/**
+ * A button for an action the caller may be refused: disabled while an action runs or when the
+ * server said the caller lacks its permission, titled with that reason, else with `hint`.
+ */
+export function ActionButton(props: {
+  testId: string;
+  busy: boolean;
+  denied: string | undefined;
+  hint: string;
+  onClick: () => void;
+  children: ReactNode;
+}) {
+  return (
+    <button
+      type="button"
+      data-testid={props.testId}
+      disabled={props.busy || props.denied !== undefined}
+      title={props.denied ?? props.hint}
+      onClick={props.onClick}
+    >
+      {props.children}
     </button>
   );
 }

@@ -15,7 +15,7 @@ import {
   usePermissions,
   useSession,
 } from "../api";
-import { ErrorBox, Loading } from "../components/Feedback";
+import { ActionButton, ErrorBox, Loading } from "../components/Feedback";
 import { stateName } from "./Deployments";
 
 type Deployment = deploymentResources.Deployment;
@@ -149,34 +149,34 @@ export function Deployment({ id }: { id: string }) {
         </span>
       </h1>
       <div className="actions">
-        <button
-          type="button"
-          data-testid="deployment-cancel"
-          disabled={busy || cancelDenied !== undefined}
-          title={cancelDenied ?? (isFinished(d) ? "Already finished" : "Cancel this deployment")}
+        <ActionButton
+          testId="deployment-cancel"
+          busy={busy}
+          denied={cancelDenied}
+          hint={isFinished(d) ? "Already finished" : "Cancel this deployment"}
           onClick={() => void act(() => api.deployments.cancelDeployment({ name, requestId: crypto.randomUUID() }), false)}
         >
           Cancel
-        </button>
-        <button
-          type="button"
-          data-testid="deployment-rollback"
-          disabled={busy || createDenied !== undefined}
-          title={createDenied ?? "Redeploy the version that last succeeded before this one"}
+        </ActionButton>
+        <ActionButton
+          testId="deployment-rollback"
+          busy={busy}
+          denied={createDenied}
+          hint="Redeploy the version that last succeeded before this one"
           onClick={() => void act(() => api.deployments.rollbackDeployment({ name, requestId: crypto.randomUUID() }), true)}
         >
           Roll back
-        </button>
+        </ActionButton>
         {promotesTo ? (
-          <button
-            type="button"
-            data-testid="deployment-promote"
-            disabled={busy || createDenied !== undefined}
-            title={createDenied ?? `Deploy this version to ${lastSegment(promotesTo)}`}
+          <ActionButton
+            testId="deployment-promote"
+            busy={busy}
+            denied={createDenied}
+            hint={`Deploy this version to ${lastSegment(promotesTo)}`}
             onClick={() => void act(() => api.deployments.promoteDeployment({ name, requestId: crypto.randomUUID() }), true)}
           >
             Promote to {lastSegment(promotesTo)}
-          </button>
+          </ActionButton>
         ) : null}
         {streaming ? <span className="live" data-testid="deployment-live">● live</span> : null}
       </div>

@@ -4,7 +4,7 @@ import { useState } from "react";
 import { environmentResources, listAll } from "@platform/sdk";
 
 import { type Async, formatTime, lastSegment, useAsync, usePermissions, useSession } from "../api";
-import { ErrorBox, Loading } from "../components/Feedback";
+import { ActionButton, ErrorBox, Loading } from "../components/Feedback";
 
 type Environment = environmentResources.Environment;
 const { EnvironmentType, EnvironmentState } = environmentResources;
@@ -128,24 +128,24 @@ function EnvironmentRow({ env, onChanged }: { env: Environment; onChanged: () =>
           onChange={(e) => setReason(e.target.value)}
           disabled={busy}
         />
-        <button
-          type="button"
-          data-testid="environment-lock"
-          disabled={busy || lockDenied !== undefined}
-          title={lockDenied ?? "Lock this environment (deployments are refused while locked)"}
+        <ActionButton
+          testId="environment-lock"
+          busy={busy}
+          denied={lockDenied}
+          hint="Lock this environment (deployments are refused while locked)"
           onClick={onLock}
         >
           Lock
-        </button>
-        <button
-          type="button"
-          data-testid="environment-unlock"
-          disabled={busy || unlockDenied !== undefined}
-          title={unlockDenied ?? "Unlock this environment"}
+        </ActionButton>
+        <ActionButton
+          testId="environment-unlock"
+          busy={busy}
+          denied={unlockDenied}
+          hint="Unlock this environment"
           onClick={onUnlock}
         >
           Unlock
-        </button>
+        </ActionButton>
         <ErrorBox error={error} />
       </td>
     </tr>
